@@ -1,0 +1,91 @@
+"""AutoAttack, standard version (Croce & Hein, 2020), through the ``pyautoattack`` package.
+
+Norm: L-inf (or L2). The sub-attacks APGD-CE, APGD-T (9 target classes), FAB-T (9 targets) and
+Square (5,000 queries) are configured by ``pyautoattack.AutoAttack(version='standard')`` itself,
+then run one after the other here on the samples that are still robust, so that each sample's
+``detail`` names the sub-attack that broke it. pyautoattack reseeds torch's global generator; every
+call runs inside ``torch.random.fork_rng`` with a seed derived from (seed, eps, first sample id),
+so the caller's random state is untouched and the same inputs give the same result.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from attacks.base import Attack, AttackOutput, derive_seed
+
+SUB_ATTACKS = ("apgd-ce", "apgd-t", "fab-t", "square")
+
+
+class AutoAttackStandard(Attack):
+    name = "autoattack"
+
+    def __init__(self, *, seed: int = 0, version: str = "standard", norm: str = "Linf") -> None:
+        super().__init__(seed=seed)
+        if version != "standard":
+            raise ValueError("only AutoAttack version 'standard' is supported")
+        self.version, self.norm = version, norm
+
+    def make(self, model: nn.Module, eps: float, seed: int, device: torch.device):
+        """The configured pyautoattack object (also used by ``bench perf`` for the direct call)."""
+        from pyautoattack import AutoAttack
+
+        logging.getLogger("auto-attack").setLevel(logging.WARNING)
+        aa = AutoAttack(model, eps=eps, norm=self.norm, version=self.version, seed=seed, device=device)
+        aa.verbose = False
+        return aa
+
+    def run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, epsilons: Sequence[float],
+            sample_ids: torch.Tensor | None = None, batch_size: int | None = None) -> AttackOutput:
+        ids = self._ids(x, sample_ids)
+        advs, succs, details = [], [], []
+        for eps in epsilons:
+            first = int(ids[0]) if len(ids) else 0
+            seed = derive_seed(self.seed, "autoattack", float(eps), first) % (2**31)
+            devices = [x.device.index or 0] if x.device.type == "cuda" else []
+            with torch.random.fork_rng(devices=devices):
+                x_adv, success, detail = self._run_one(model, x, y, float(eps), seed)
+            advs.append(x_adv)
+            succs.append(success)
+            details.append(detail)
+        return AttackOutput(x_adv=torch.stack(advs), success=torch.stack(succs), detail=details)
+
+    def _run_one(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float,
+                 seed: int) -> tuple[torch.Tensor, torch.Tensor, list[str | None]]:
+        n = x.shape[0]
+        x_adv = x.clone()
+        detail: list[str | None] = [None] * n
+        with torch.no_grad():
+            robust = model(x).argmax(1) == y if n else torch.zeros(0, dtype=torch.bool, device=x.device)
+        if n == 0 or eps == 0:
+            return x_adv, ~robust, detail
+        aa = self.make(model, eps, seed, x.device)
+        for sub in SUB_ATTACKS:
+            idx = robust.nonzero().squeeze(1)
+            if idx.numel() == 0:
+                break
+            xs, ys = x[idx].clone(), y[idx].clone()
+            if sub == "apgd-ce":
+                aa.apgd.loss, aa.apgd.seed = "ce", seed
+                adv = aa.apgd.perturb(xs, ys)
+            elif sub == "apgd-t":
+                aa.apgd_targeted.seed = seed
+                adv = aa.apgd_targeted.perturb(xs, ys)
+            elif sub == "fab-t":
+                aa.fab.targeted, aa.fab.n_restarts, aa.fab.seed = True, 1, seed
+                adv = aa.fab.perturb(xs, ys)
+            else:
+                aa.square.seed = seed
+                adv = aa.square.perturb(xs, ys)
+            with torch.no_grad():
+                fooled = model(adv).argmax(1) != ys
+            hit = idx[fooled]
+            x_adv[hit] = adv[fooled].detach()
+            robust[hit] = False
+            for i in hit.tolist():
+                detail[i] = sub
+        return x_adv, ~robust & (torch.tensor([d is not None for d in detail], device=x.device)), detail

@@ -1,0 +1,185 @@
+"""The evaluation engine: ``evaluate(entry, protocol)`` -> per-sample rows in the database.
+
+Order: for each chunk of samples (the protocol's unit of work, seeding and commit), the clean
+pass, then for each epsilon ascending each attack of the protocol in order, run only on the
+samples that are still robust (correct and unbroken by every earlier stage, including every
+stage at smaller epsilons: the balls are nested). The engine, not the attack, decides success:
+it checks the returned input lies in the epsilon ball and the [0, 1] box (raising otherwise,
+since that is a bug) and re-runs the model on it. Each (stage, chunk) is written in one
+transaction with all its rows, so a killed evaluation resumes at the first missing stage and ends
+with exactly the rows of an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import platform
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from attacks import make_attack
+from attacks.base import Attack, PassCounter
+from bench import code_version
+from bench.data import load_split
+from bench.errors import AttackContractError, BenchError
+from bench.protocol import Protocol
+from bench.storage import Result, Stage, Store, packages_json
+from registry.entry import Entry
+
+BALL_TOLERANCE = 1e-5  # float32 rounding of x + delta; anything larger is an attack bug
+
+ProgressFn = Callable[[str, float, int, int], None]
+AttackFactory = Callable[[str, dict, int], Attack]
+
+
+@dataclass(frozen=True)
+class EvalTarget:
+    """What is evaluated: the entry, its model and where the weights came from."""
+
+    entry: Entry
+    model: nn.Module
+    weights_sha256: str
+    budget: str
+    train_seed: int | None
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"cpu ({platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+def _predict(model: nn.Module, x: torch.Tensor, bs: int) -> torch.Tensor:
+    with torch.no_grad():
+        if x.shape[0] == 0:
+            return torch.zeros(0, dtype=torch.long, device=x.device)
+        return torch.cat([model(x[i:i + bs]).argmax(1) for i in range(0, x.shape[0], bs)])
+
+
+def check_slice(protocol: Protocol, start: int, stop: int | None) -> tuple[int, int]:
+    """Validate a sample slice: it must lie in the protocol and align with its chunks."""
+    n = protocol.n_samples
+    stop = n if stop is None else stop
+    c = protocol.chunk_size
+    if not 0 <= start < stop <= n:
+        raise BenchError(f"slice {start}:{stop} is outside {protocol.name}'s samples 0:{n}")
+    if start % c or (stop % c and stop != n):
+        raise BenchError(f"slice {start}:{stop} must align with {protocol.name}'s chunks of {c} samples")
+    return start, stop
+
+
+def evaluate(
+    store: Store, target: EvalTarget, protocol: Protocol, *, data_dir: str | None = None, start: int = 0,
+    stop: int | None = None, device: str = "cpu", batch_size: int | None = None,
+    progress: ProgressFn | None = None, attack_factory: AttackFactory = make_attack,
+) -> int:
+    """Evaluate ``target`` under ``protocol`` on samples [start, stop); returns the run id."""
+    entry = target.entry
+    if protocol.dataset not in entry.architectures:
+        raise BenchError(f"entry {entry.id!r} declares no model for {protocol.dataset} "
+                         f"(protocol {protocol.name})")
+    start, stop = check_slice(protocol, start, stop)
+    x_all, y_all = load_split(protocol.dataset, protocol.split, data_dir)
+    dev = torch.device(device)
+    bs = batch_size or protocol.chunk_size
+    run = store.get_or_create_run(
+        entry_id=entry.id, entry_name=entry.name, entry_version=entry.version, protocol=protocol.name,
+        fingerprint=protocol.fingerprint, protocol_json=protocol.canonical_json(),
+        checkpoint_sha256=target.weights_sha256, budget=target.budget, train_seed=target.train_seed,
+        code_version=code_version(), packages=packages_json(), device=device_name(dev),
+        n_samples=protocol.n_samples,
+    )
+    done = store.done_stages(run.id)
+    model = PassCounter(target.model.to(dev).eval())
+    stages = [("clean", 0.0)] + protocol.stages()
+    total = len(stages) * len(range(start, stop, protocol.chunk_size))
+    finished = 0
+    for c0 in range(start, stop, protocol.chunk_size):
+        c1 = min(c0 + protocol.chunk_size, stop)
+        ids = torch.arange(c0, c1)
+        x, y = x_all[c0:c1].to(dev), y_all[c0:c1].to(dev)
+        robust = torch.zeros(c1 - c0, dtype=torch.bool)
+        for label, eps in stages:
+            if (label, eps, c0) in done:
+                rows = store.rows_for(run.id, label, eps, ids.tolist())
+                if len(rows) != c1 - c0:
+                    raise BenchError(f"run {run.id}: stage {label}@{eps} chunk {c0} is incomplete in the database")
+                robust = torch.tensor([r.robust_after for r in rows])
+            else:
+                spec = None if label == "clean" else protocol.spec(label)
+                robust = _run_stage(store, run.id, protocol, model, label, eps, spec, x, y, ids, robust,
+                                    bs, attack_factory)
+            finished += 1
+            if progress is not None:
+                progress(label, eps, finished, total)
+    return run.id
+
+
+def _run_stage(store: Store, run_id: int, protocol: Protocol, model: PassCounter, label: str, eps: float,
+               spec, x: torch.Tensor, y: torch.Tensor, ids: torch.Tensor, robust: torch.Tensor, bs: int,
+               attack_factory: AttackFactory) -> torch.Tensor:
+    t0 = time.perf_counter()
+    model.reset()
+    n = x.shape[0]
+    fp = protocol.fingerprint
+    if label == "clean":
+        pred = _predict(model, x, bs).cpu()
+        correct = pred == y.cpu()
+        rows = [Result(run_id=run_id, fingerprint=fp, attack="clean", eps=0.0, sample=int(s), label=int(t),
+                       attacked=True, success=not bool(c), robust_after=bool(c), pred=int(p), linf=0.0)
+                for s, t, p, c in zip(ids.tolist(), y.tolist(), pred.tolist(), correct.tolist(), strict=True)]
+        n_fwd, n_bwd = model.reset()
+        stage = Stage(run_id=run_id, fingerprint=fp, attack="clean", eps=0.0, chunk_start=int(ids[0]),
+                      chunk_stop=int(ids[-1]) + 1, n_attacked=n, n_broken=int((~correct).sum()), n_forward=n_fwd,
+                      n_backward=n_bwd, seconds=time.perf_counter() - t0, seed=0)
+        if not store.write_stage(stage, rows, stage.seconds):  # stored meanwhile by a concurrent slice
+            return torch.tensor([r.robust_after for r in store.rows_for(run_id, "clean", 0.0, ids.tolist())])
+        return correct
+    alive = robust.clone()
+    idx = alive.nonzero().squeeze(1)
+    success = torch.zeros(n, dtype=torch.bool)
+    pred_all: list[int | None] = [None] * n
+    linf_all: list[float | None] = [None] * n
+    detail_all: list[str | None] = [None] * n
+    n_fwd = n_bwd = 0
+    if idx.numel():
+        attack = attack_factory(spec.kind, dict(spec.params), spec.seed)
+        xs, ys = x[idx.to(x.device)], y[idx.to(x.device)]
+        out = attack.run(model, xs, ys, [eps], sample_ids=ids[idx], batch_size=bs)
+        n_fwd, n_bwd = model.reset()
+        x_adv = out.x_adv[0].detach().to(x.device)
+        _check_bounds(x_adv, xs, eps, label)
+        linf = (x_adv - xs).abs().flatten(1).amax(1).cpu()
+        pred = _predict(model, x_adv, bs).cpu()
+        model.reset()
+        broke = pred != ys.cpu()
+        success[idx] = broke
+        for j, i in enumerate(idx.tolist()):
+            pred_all[i], linf_all[i] = int(pred[j]), float(linf[j])
+            if out.detail is not None and bool(broke[j]):
+                detail_all[i] = out.detail[0][j]
+    robust_after = alive & ~success
+    rows = [Result(run_id=run_id, fingerprint=fp, attack=label, eps=eps, sample=int(ids[i]), label=int(y[i]),
+                   attacked=bool(alive[i]), success=bool(success[i]), robust_after=bool(robust_after[i]),
+                   pred=pred_all[i], linf=linf_all[i], detail=detail_all[i]) for i in range(n)]
+    stage = Stage(run_id=run_id, fingerprint=fp, attack=label, eps=eps, chunk_start=int(ids[0]),
+                  chunk_stop=int(ids[-1]) + 1, n_attacked=int(alive.sum()), n_broken=int(success.sum()),
+                  n_forward=n_fwd, n_backward=n_bwd, seconds=time.perf_counter() - t0, seed=spec.seed)
+    if not store.write_stage(stage, rows, stage.seconds):  # stored meanwhile by a concurrent slice
+        return torch.tensor([r.robust_after for r in store.rows_for(run_id, label, eps, ids.tolist())])
+    return robust_after
+
+
+def _check_bounds(x_adv: torch.Tensor, x: torch.Tensor, eps: float, label: str) -> None:
+    if x_adv.shape != x.shape:
+        raise AttackContractError(f"{label}: returned shape {tuple(x_adv.shape)} for inputs {tuple(x.shape)}")
+    if not torch.isfinite(x_adv).all():
+        raise AttackContractError(f"{label}: returned non-finite inputs")
+    if float(x_adv.min()) < 0.0 or float(x_adv.max()) > 1.0:
+        raise AttackContractError(f"{label}: returned inputs outside the [0, 1] box")
+    dist = float((x_adv - x).abs().max()) if x.numel() else 0.0
+    if dist > eps + BALL_TOLERANCE:
+        raise AttackContractError(f"{label}: returned an input at L-inf distance {dist:.6g} > eps {eps:.6g}")

@@ -1,0 +1,114 @@
+"""Summaries computed from stored rows only (the leaderboard and ``bench show`` read these).
+
+Per (attack, eps) the stored ``robust_after`` flag is the sample's state after that stage of the
+cascade, so every accuracy here is a plain mean of stored flags:
+* clean accuracy: mean of the clean rows' flags;
+* accuracy after an attack at eps: mean over samples of ``robust_after`` at that stage (the
+  sample survived that attack and every earlier stage, smaller epsilons included);
+* worst case at eps: the same for the last stage at that eps (the mean over samples of the
+  minimum over attacks, never the minimum of per-attack means).
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+
+from bench.storage import Result, Run, Store
+
+
+@dataclass
+class CellStats:
+    attack: str
+    eps: float
+    n: int
+    robust: int
+    attacked: int
+    broken: int
+    seconds: float = 0.0
+    n_forward: int = 0
+    n_backward: int = 0
+    broken_by: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def accuracy(self) -> float:
+        return 100.0 * self.robust / self.n if self.n else float("nan")
+
+
+@dataclass
+class RunSummary:
+    run: Run
+    protocol: dict
+    n_evaluated: int
+    clean_correct: int
+    cells: dict[tuple[str, float], CellStats]
+    worst: dict[float, float]
+    complete: bool
+
+    @property
+    def clean_acc(self) -> float:
+        return 100.0 * self.clean_correct / self.n_evaluated if self.n_evaluated else float("nan")
+
+    @property
+    def primary_eps(self) -> float:
+        return float(self.protocol["primary_eps"])
+
+    @property
+    def epsilons(self) -> list[float]:
+        return [float(e) for e in self.protocol["epsilons"]]
+
+    @property
+    def attack_labels(self) -> list[str]:
+        return [a["label"] for a in self.protocol["attacks"]]
+
+    def accuracy(self, attack: str, eps: float) -> float | None:
+        cell = self.cells.get((attack, eps))
+        return cell.accuracy if cell else None
+
+    @property
+    def autoattack(self) -> float | None:
+        return self.accuracy("autoattack", self.primary_eps)
+
+
+def summarize(store: Store, run: Run) -> RunSummary:
+    rows: list[Result] = store.results(run.id)
+    protocol = json.loads(run.protocol_json)
+    clean = [r for r in rows if r.attack == "clean"]
+    by_cell: dict[tuple[str, float], list[Result]] = defaultdict(list)
+    for r in rows:
+        if r.attack != "clean":
+            by_cell[(r.attack, r.eps)].append(r)
+    stages = defaultdict(lambda: [0.0, 0, 0])
+    for s in store.stages(run.id):
+        acc = stages[(s.attack, s.eps)]
+        acc[0] += s.seconds
+        acc[1] += s.n_forward
+        acc[2] += s.n_backward
+    cells: dict[tuple[str, float], CellStats] = {}
+    for key, rs in by_cell.items():
+        sec, nf, nb = stages.get(key, [0.0, 0, 0])
+        cells[key] = CellStats(
+            attack=key[0], eps=key[1], n=len(rs), robust=sum(r.robust_after for r in rs),
+            attacked=sum(r.attacked for r in rs), broken=sum(r.success for r in rs), seconds=sec,
+            n_forward=nf, n_backward=nb,
+            broken_by=dict(Counter(r.detail for r in rs if r.success and r.detail)),
+        )
+    worst: dict[float, float] = {}
+    labels = [a["label"] for a in protocol["attacks"]]
+    for eps in protocol["epsilons"]:
+        present = [lab for lab in labels if (lab, eps) in cells]
+        if present:
+            worst[eps] = cells[(present[-1], eps)].accuracy
+    n_expected_cells = sum(
+        1 for eps in protocol["epsilons"] for a in protocol["attacks"]
+        if a["at"] == "all" or eps == protocol["primary_eps"]
+    )
+    complete = (len(clean) == run.n_samples and len(cells) == n_expected_cells
+                and all(c.n == run.n_samples for c in cells.values()))
+    return RunSummary(run=run, protocol=protocol, n_evaluated=len(clean),
+                      clean_correct=sum(r.robust_after for r in clean), cells=cells, worst=worst, complete=complete)
+
+
+def summarize_all(store: Store) -> list[RunSummary]:
+    return [summarize(store, run) for run in store.runs()]

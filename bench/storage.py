@@ -1,0 +1,230 @@
+"""SQLite (or any SQLAlchemy URL) storage of runs, per-sample rows and per-stage records.
+
+* ``runs``: one per (entry, protocol fingerprint, checkpoint sha256): provenance (code version,
+  packages, device, seeds, wall time). Slices evaluated elsewhere with the same key merge into it.
+* ``results``: one row per (run, attack, epsilon, sample) under a unique constraint. ``attacked``
+  says whether the attack ran on the sample (it is skipped once broken at this or a smaller eps),
+  ``success`` whether this attack broke it (engine-verified), ``robust_after`` whether the sample
+  is still robust after this stage (clean correct and unbroken by every stage so far).
+* ``stages``: one per (run, attack, epsilon, chunk): written in the same transaction as the chunk's
+  rows, so a stage is either fully stored or absent; it records time and forward/backward passes.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import (
+    Boolean,
+    Float,
+    ForeignKey,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+    create_engine,
+    event,
+    func,
+    select,
+)
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+
+from bench.errors import BenchError
+
+SCHEMA_VERSION = 1
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Run(Base):
+    __tablename__ = "runs"
+    __table_args__ = (UniqueConstraint("entry_id", "fingerprint", "checkpoint_sha256", name="uq_run"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    entry_id: Mapped[str] = mapped_column(String(64), index=True)
+    entry_name: Mapped[str] = mapped_column(String(200))
+    entry_version: Mapped[str] = mapped_column(String(32))
+    protocol: Mapped[str] = mapped_column(String(64))
+    fingerprint: Mapped[str] = mapped_column(String(64), index=True)
+    protocol_json: Mapped[str] = mapped_column(Text)
+    checkpoint_sha256: Mapped[str] = mapped_column(String(64))
+    budget: Mapped[str] = mapped_column(String(32))
+    train_seed: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    code_version: Mapped[str] = mapped_column(String(64))
+    packages: Mapped[str] = mapped_column(Text)
+    device: Mapped[str] = mapped_column(String(64))
+    n_samples: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[str] = mapped_column(String(40))
+    updated_at: Mapped[str] = mapped_column(String(40))
+    wall_seconds: Mapped[float] = mapped_column(Float, default=0.0)
+
+
+class Result(Base):
+    __tablename__ = "results"
+    __table_args__ = (UniqueConstraint("run_id", "attack", "eps", "sample", name="uq_result"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id"), index=True)
+    fingerprint: Mapped[str] = mapped_column(String(64))
+    attack: Mapped[str] = mapped_column(String(64))
+    eps: Mapped[float] = mapped_column(Float)
+    sample: Mapped[int] = mapped_column(Integer)
+    label: Mapped[int] = mapped_column(Integer)
+    attacked: Mapped[bool] = mapped_column(Boolean)
+    success: Mapped[bool] = mapped_column(Boolean)
+    robust_after: Mapped[bool] = mapped_column(Boolean)
+    pred: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    linf: Mapped[float | None] = mapped_column(Float, nullable=True)
+    detail: Mapped[str | None] = mapped_column(String(64), nullable=True)
+
+
+class Stage(Base):
+    __tablename__ = "stages"
+    __table_args__ = (UniqueConstraint("run_id", "attack", "eps", "chunk_start", name="uq_stage"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id"), index=True)
+    fingerprint: Mapped[str] = mapped_column(String(64))
+    attack: Mapped[str] = mapped_column(String(64))
+    eps: Mapped[float] = mapped_column(Float)
+    chunk_start: Mapped[int] = mapped_column(Integer)
+    chunk_stop: Mapped[int] = mapped_column(Integer)
+    n_attacked: Mapped[int] = mapped_column(Integer)
+    n_broken: Mapped[int] = mapped_column(Integer)
+    n_forward: Mapped[int] = mapped_column(Integer)
+    n_backward: Mapped[int] = mapped_column(Integer)
+    seconds: Mapped[float] = mapped_column(Float)
+    seed: Mapped[int] = mapped_column(Integer)
+
+
+class Meta(Base):
+    __tablename__ = "meta"
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(Text)
+
+
+def normalize_url(db: str | Path) -> str:
+    """Accept a SQLAlchemy URL or a plain file path (taken as SQLite)."""
+    text = str(db)
+    if "://" in text:
+        return text
+    path = Path(text).expanduser().resolve()
+    return f"sqlite:///{path}"
+
+
+def now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+class Store:
+    """Thin typed access to the database; every write is one transaction."""
+
+    def __init__(self, db: str | Path, create: bool = True) -> None:
+        self.url = normalize_url(db)
+        if self.url.startswith("sqlite:///"):
+            path = Path(self.url.removeprefix("sqlite:///"))
+            if not create and not path.is_file():
+                raise BenchError(f"database not found: {path}")
+            if create:
+                path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.engine = create_engine(self.url)
+        except Exception as exc:
+            raise BenchError(f"bad database URL {self.url!r}: {exc}".splitlines()[0]) from None
+        if self.url.startswith("sqlite"):
+            event.listen(self.engine, "connect", _sqlite_pragmas)
+        try:
+            if create:
+                Base.metadata.create_all(self.engine)
+                with Session(self.engine) as s, s.begin():
+                    if s.get(Meta, "schema_version") is None:
+                        s.add(Meta(key="schema_version", value=str(SCHEMA_VERSION)))
+            with Session(self.engine) as s:
+                s.execute(select(func.count(Run.id))).scalar_one()
+        except SQLAlchemyError as exc:
+            raise BenchError(f"cannot open database {self.url}: {exc.__class__.__name__}: "
+                             f"{str(exc.orig if hasattr(exc, 'orig') else exc).splitlines()[0]}") from None
+
+    def session(self) -> Session:
+        return Session(self.engine, expire_on_commit=False)
+
+    def get_or_create_run(self, **fields: Any) -> Run:
+        key = {k: fields[k] for k in ("entry_id", "fingerprint", "checkpoint_sha256")}
+        with self.session() as s:
+            run = s.execute(select(Run).filter_by(**key)).scalar_one_or_none()
+            if run is not None:
+                return run
+            run = Run(created_at=now(), updated_at=now(), wall_seconds=0.0, **fields)
+            s.add(run)
+            try:
+                s.commit()
+            except IntegrityError:  # another process created it first
+                s.rollback()
+                return s.execute(select(Run).filter_by(**key)).scalar_one()
+            return run
+
+    def done_stages(self, run_id: int) -> set[tuple[str, float, int]]:
+        with self.session() as s:
+            rows = s.execute(select(Stage.attack, Stage.eps, Stage.chunk_start).where(Stage.run_id == run_id))
+            return {(a, e, c) for a, e, c in rows}
+
+    def rows_for(self, run_id: int, attack: str, eps: float, samples: Sequence[int]) -> list[Result]:
+        with self.session() as s:
+            q = select(Result).where(Result.run_id == run_id, Result.attack == attack, Result.eps == eps,
+                                     Result.sample.in_(list(samples))).order_by(Result.sample)
+            return list(s.execute(q).scalars())
+
+    def write_stage(self, stage: Stage, rows: Iterable[Result], wall_seconds: float) -> bool:
+        """Insert a stage and its rows atomically. Returns False if it was already stored."""
+        with self.session() as s:
+            try:
+                with s.begin():
+                    s.add(stage)
+                    s.add_all(list(rows))
+                    run = s.get(Run, stage.run_id)
+                    if run is not None:
+                        run.wall_seconds = (run.wall_seconds or 0.0) + wall_seconds
+                        run.updated_at = now()
+            except IntegrityError:
+                return False
+        return True
+
+    def runs(self) -> list[Run]:
+        with self.session() as s:
+            return list(s.execute(select(Run).order_by(Run.id)).scalars())
+
+    def results(self, run_id: int) -> list[Result]:
+        with self.session() as s:
+            q = select(Result).where(Result.run_id == run_id).order_by(Result.attack, Result.eps, Result.sample)
+            return list(s.execute(q).scalars())
+
+    def stages(self, run_id: int) -> list[Stage]:
+        with self.session() as s:
+            return list(s.execute(select(Stage).where(Stage.run_id == run_id)).scalars())
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cur = dbapi_connection.cursor()
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.execute("PRAGMA busy_timeout=30000")
+    cur.close()
+
+
+def packages_json() -> str:
+    """Versions of the packages that decide results, for run provenance."""
+    import importlib.metadata as md
+
+    out = {}
+    for name in ("torch", "torchvision", "pyautoattack", "numpy", "sqlalchemy"):
+        try:
+            out[name] = md.version(name)
+        except md.PackageNotFoundError:
+            out[name] = None
+    return json.dumps(out, sort_keys=True)

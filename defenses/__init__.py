@@ -1,0 +1,1 @@
+"""Defenses: architectures, training objectives and training recipes (no storage, no CLI)."""

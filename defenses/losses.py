@@ -1,0 +1,45 @@
+"""Training objectives of the papers, written from their equations.
+
+All take logits (and labels) and return a scalar mean over the batch.
+* Madry PGD-AT: CE(f(x_adv), y).
+* PAT (uncertainty paper, eq. 2): alpha * CE(f(x), y) + (1 - alpha) * CE(f(x_adv), y).
+* TRADES (Zhang et al., 2019): CE(f(x), y) + beta * KL(p(x) || p(x_adv)).
+* MART (Wang et al., 2020, eq. 8-9): BCE(p(x_adv), y) + lambda * KL(p(x) || p(x_adv)) * (1 - p_y(x)),
+  with BCE = -log p_y(x_adv) - log(1 - max_{k != y} p_k(x_adv)).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+_TINY = 1e-12
+
+
+def ce(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(logits, y)
+
+
+def pat(logits_clean: torch.Tensor, logits_adv: torch.Tensor, y: torch.Tensor, alpha: float) -> torch.Tensor:
+    return alpha * F.cross_entropy(logits_clean, y) + (1.0 - alpha) * F.cross_entropy(logits_adv, y)
+
+
+def kl_per_sample(logits_p: torch.Tensor, logits_q: torch.Tensor) -> torch.Tensor:
+    """KL(p || q) per sample, for p = softmax(logits_p), q = softmax(logits_q)."""
+    logp = F.log_softmax(logits_p, dim=1)
+    logq = F.log_softmax(logits_q, dim=1)
+    return (logp.exp() * (logp - logq)).sum(dim=1)
+
+
+def trades(logits_clean: torch.Tensor, logits_adv: torch.Tensor, y: torch.Tensor, beta: float) -> torch.Tensor:
+    return F.cross_entropy(logits_clean, y) + beta * kl_per_sample(logits_clean, logits_adv).mean()
+
+
+def mart(logits_clean: torch.Tensor, logits_adv: torch.Tensor, y: torch.Tensor, lam: float) -> torch.Tensor:
+    p_adv = F.softmax(logits_adv, dim=1)
+    p_clean = F.softmax(logits_clean, dim=1)
+    true_adv = p_adv.gather(1, y[:, None]).squeeze(1)
+    other = p_adv.scatter(1, y[:, None], 0.0).amax(dim=1)
+    bce = -torch.log(true_adv + _TINY) - torch.log(1.0 - other + _TINY)
+    weight = 1.0 - p_clean.gather(1, y[:, None]).squeeze(1)
+    return bce.mean() + lam * (kl_per_sample(logits_clean, logits_adv) * weight).mean()

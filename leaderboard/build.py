@@ -1,0 +1,105 @@
+"""Render the static, offline leaderboard: ``index.html`` plus one page per evaluated run.
+
+Runs are grouped by protocol fingerprint (never mixed) and ranked by worst-case accuracy at the
+primary epsilon. Every figure is computed from stored rows by :mod:`bench.metrics`; the paper's
+claims come from the registry entry when it is still registered.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from jinja2 import Environment, PackageLoader, select_autoescape
+
+from bench import code_version
+from bench.metrics import RunSummary, summarize_all
+from bench.storage import Store, now
+from registry.entry import Claim, Entry
+
+
+@dataclass
+class ClaimView:
+    claim: Claim
+    diff: float | None  # our worst case at the claim's eps minus the claimed robust accuracy
+
+
+def fmt_eps(eps: float, dataset: str) -> str:
+    if dataset.startswith("cifar"):
+        k = eps * 255
+        return f"{round(k)}/255" if abs(k - round(k)) < 1e-6 else f"{eps:.4g}"
+    return f"{eps:g}"
+
+
+def fmt_pct(value: float | None) -> str:
+    return "–" if value is None or value != value else f"{value:.1f}"
+
+
+def run_slug(s: RunSummary) -> str:
+    safe = re.sub(r"[^a-z0-9._-]", "_", s.run.entry_id.lower())
+    return f"{safe}--{s.run.protocol}--run{s.run.id}"
+
+
+def headline_claim(entry: Entry | None, dataset: str, eps: float) -> Claim | None:
+    """The paper's lowest robust number at this eps (its strongest reported attack)."""
+    if entry is None:
+        return None
+    claims = [c for c in entry.claims_for(dataset) if abs(c.eps - eps) < 2e-3 and c.robust is not None]
+    return min(claims, key=lambda c: c.robust) if claims else None  # type: ignore[arg-type, return-value]
+
+
+def build_site(store: Store, out: Path, entries: dict[str, Entry]) -> Path:
+    """Write the site into ``out`` and return the path of ``index.html``."""
+    env = Environment(loader=PackageLoader("leaderboard", "templates"), autoescape=select_autoescape(["html"]))
+    env.filters["pct"] = fmt_pct
+    summaries = summarize_all(store)
+    groups: dict[str, list[RunSummary]] = {}
+    for s in summaries:
+        groups.setdefault(s.run.fingerprint, []).append(s)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "runs").mkdir(exist_ok=True)
+    shutil.copyfile(Path(__file__).parent / "templates" / "style.css", out / "style.css")
+    tables = []
+    for fp, runs in sorted(groups.items(), key=lambda kv: kv[1][0].run.protocol):
+        runs.sort(key=lambda s: (-(s.worst.get(s.primary_eps) or -1.0), s.run.entry_id))
+        proto = runs[0].protocol
+        dataset = proto["dataset"]
+        rows = []
+        for rank, s in enumerate(runs, 1):
+            entry = entries.get(s.run.entry_id)
+            claim = headline_claim(entry, dataset, s.primary_eps)
+            worst = s.worst.get(s.primary_eps)
+            rows.append({
+                "rank": rank, "s": s, "entry": entry, "slug": run_slug(s), "claim": claim,
+                "diff": None if claim is None or worst is None else worst - float(claim.robust or 0.0),
+            })
+        tables.append({
+            "fingerprint": fp, "protocol": proto, "name": runs[0].run.protocol, "rows": rows,
+            "eps_cols": [(e, fmt_eps(e, dataset)) for e in proto["epsilons"]],
+            "primary_label": fmt_eps(proto["primary_eps"], dataset),
+            "aa_all": all(a["at"] == "all" for a in proto["attacks"] if a["kind"] == "autoattack"),
+        })
+    meta = {"generated": now(), "code_version": code_version(), "db": store.url.rsplit("/", 1)[-1]}
+    (out / "index.html").write_text(env.get_template("index.html").render(tables=tables, meta=meta))
+    for s in summaries:
+        entry = entries.get(s.run.entry_id)
+        dataset = s.protocol["dataset"]
+        claims = [ClaimView(c, _claim_diff(s, c)) for c in (entry.claims_for(dataset) if entry else [])]
+        page = env.get_template("run.html").render(
+            s=s, entry=entry, claims=claims, meta=meta, dataset=dataset,
+            eps_cols=[(e, fmt_eps(e, dataset)) for e in s.epsilons],
+            packages=json.loads(s.run.packages), protocol_json=json.dumps(s.protocol, indent=1, sort_keys=True),
+        )
+        (out / "runs" / f"{run_slug(s)}.html").write_text(page)
+    return out / "index.html"
+
+
+def _claim_diff(s: RunSummary, c: Claim) -> float | None:
+    """Our worst case minus the claimed robust accuracy, when the claim's eps is on our grid."""
+    close = [e for e in s.epsilons if abs(e - c.eps) < 2e-3]
+    if not close or c.robust is None or s.worst.get(close[0]) is None:
+        return None
+    return s.worst[close[0]] - float(c.robust)

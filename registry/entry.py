@@ -1,0 +1,89 @@
+"""Typed declarations of defense entries and of the papers' claimed numbers."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
+
+from torch import nn
+
+from defenses.training import Recipe
+
+ENTRY_ID = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
+KINDS = ("standard", "adversarial-training", "regulariser", "detector", "test-time", "ensemble", "pretrained")
+
+
+@dataclass(frozen=True)
+class Paper:
+    title: str
+    authors: str
+    venue: str
+    url: str = ""
+    file: str = ""  # the paper's text under ../shared/papers/, when it is one of ours
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A number the paper reports, kept apart from anything we measure."""
+
+    dataset: str
+    norm: str
+    eps: float
+    attack: str
+    clean: float | None
+    robust: float | None
+    table: str
+    architecture: str = ""
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class Entry:
+    """A defense: how to build (and train or load) it, and what its paper claims.
+
+    ``architectures`` maps a dataset to a registered architecture name or to a factory.
+    A trained entry has a ``recipe``; a pretrained one has ``pretrained`` loaders (dataset ->
+    callable returning the model with its weights). ``adaptive_attacks`` names the attacks that
+    apply to it (implemented by later attack work); ``forward_passes`` is per prediction.
+    """
+
+    id: str
+    name: str
+    description: str
+    paper: Paper
+    kind: str
+    architectures: Mapping[str, str | Callable[[], nn.Module]]
+    recipe: Recipe | None = None
+    pretrained: Mapping[str, Callable[[], nn.Module]] | None = None
+    claims: tuple[Claim, ...] = ()
+    forward_passes: int = 1
+    randomized: bool = False
+    adaptive_attacks: tuple[str, ...] = ()
+    version: str = "1"
+    notes: str = ""
+    source: str = "builtin"
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not ENTRY_ID.match(self.id):
+            raise ValueError(f"entry id {self.id!r} must match {ENTRY_ID.pattern}")
+        if self.kind not in KINDS:
+            raise ValueError(f"entry {self.id}: kind must be one of {', '.join(KINDS)}")
+        if (self.recipe is None) == (self.pretrained is None):
+            raise ValueError(f"entry {self.id}: give exactly one of recipe and pretrained")
+        object.__setattr__(self, "architectures", MappingProxyType(dict(self.architectures)))
+        object.__setattr__(self, "extra", MappingProxyType(dict(self.extra)))
+
+    @property
+    def datasets(self) -> tuple[str, ...]:
+        return tuple(self.architectures)
+
+    def claims_for(self, dataset: str) -> list[Claim]:
+        return [c for c in self.claims if c.dataset == dataset]
+
+    def architecture_name(self, dataset: str) -> str:
+        arch = self.architectures[dataset]
+        return arch if isinstance(arch, str) else getattr(arch, "__name__", "custom")

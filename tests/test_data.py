@@ -1,0 +1,52 @@
+"""Datasets: offline loading from the data root, and one-line errors that say where we looked."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from bench.data import load_split, resolve_data_dir
+from bench.errors import BenchError
+
+
+def test_mnist_and_cifar10_load_from_the_shared_root() -> None:
+    x, y = load_split("mnist", "test")
+    assert tuple(x.shape) == (10_000, 1, 28, 28) and float(x.min()) == 0.0 and float(x.max()) == 1.0
+    assert y[:5].tolist() == [7, 2, 1, 0, 4]  # the official test order
+    xc, yc = load_split("cifar10", "test")
+    assert tuple(xc.shape) == (10_000, 3, 32, 32) and yc[:5].tolist() == [3, 8, 8, 0, 6]
+
+
+def test_missing_dataset_says_where_it_looked(tmp_path: Path) -> None:
+    with pytest.raises(BenchError) as info:
+        load_split("mnist", "test", data_dir=tmp_path)
+    msg = str(info.value)
+    assert str(tmp_path) in msg and "\n" not in msg
+    with pytest.raises(BenchError, match="cifar10_test.npz"):
+        load_split("cifar10", "test", data_dir=tmp_path)
+
+
+def test_corrupt_mnist_file_is_reported(tmp_path: Path) -> None:
+    raw = tmp_path / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    src = resolve_data_dir() / "MNIST" / "raw"
+    for name in ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"):
+        (raw / name).write_bytes((src / name).read_bytes())
+    with open(raw / "t10k-images-idx3-ubyte", "r+b") as f:
+        f.truncate(1000)
+    with pytest.raises(BenchError, match="corrupt"):
+        load_split("mnist", "test", data_dir=tmp_path)
+
+
+def test_corrupt_cifar_npz_is_reported(tmp_path: Path) -> None:
+    (tmp_path / "cifar10").mkdir()
+    (tmp_path / "cifar10" / "cifar10_test.npz").write_bytes(b"not a zip file")
+    with pytest.raises(BenchError, match="corrupt"):
+        load_split("cifar10", "test", data_dir=tmp_path)
+
+
+def test_data_dir_from_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GAUNTLET_DATA_DIR", str(tmp_path))
+    assert resolve_data_dir() == tmp_path.resolve()
+    assert resolve_data_dir("/elsewhere") == Path("/elsewhere")

@@ -1,0 +1,68 @@
+"""`bench demo` end to end on the tiny budget, and the site's figures against the raw database."""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+from html.parser import HTMLParser
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from bench.cli import app
+
+
+class CellParser(HTMLParser):
+    """Collects (entry id, css classes, text) for each cell of the index tables."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.cells: list[tuple[str, str, str]] = []
+        self.row_entry = ""
+        self.cls: str | None = None
+        self.buf = ""
+
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        if tag == "tr" and "data-entry" in a:
+            self.row_entry = a["data-entry"] or ""
+        if tag == "td":
+            self.cls, self.buf = a.get("class") or "", ""
+
+    def handle_data(self, data):
+        if self.cls is not None:
+            self.buf += data
+
+    def handle_endtag(self, tag):
+        if tag == "td" and self.cls is not None:
+            self.cells.append((self.row_entry, self.cls, self.buf.strip()))
+            self.cls = None
+
+
+def test_demo_end_to_end_tiny(tmp_path: Path) -> None:
+    home = tmp_path / "ws"
+    result = CliRunner().invoke(app, ["demo", "--budget", "tiny", "--protocol", "mnist-linf-tiny-v1",
+                                      "--home", str(home)])
+    assert result.exit_code == 0, result.output
+    index = home / "site" / "index.html"
+    assert f"leaderboard: {index}" in result.output.replace("\n", "")
+    html = index.read_text()
+    parser = CellParser()
+    parser.feed(html)
+    with sqlite3.connect(home / "gauntlet.db") as con:
+        runs = dict(con.execute("select entry_id, id from runs").fetchall())
+        assert set(runs) == {"standard", "madry-pgd-at", "trades", "mart"}
+        for entry_id, run_id in runs.items():
+            clean = con.execute("select avg(robust_after) * 100 from results where run_id=? and attack='clean'",
+                                (run_id,)).fetchone()[0]
+            worst = con.execute("select avg(robust_after) * 100 from results where run_id=? and attack='pgd-cw' "
+                                "and eps=0.3", (run_id,)).fetchone()[0]
+            cells = {cls.split()[-1]: text for e, cls, text in parser.cells if e == entry_id and cls}
+            assert cells["clean"] == f"{clean:.1f}"
+            assert cells["worst"] == f"{worst:.1f}"
+            page = next((home / "site" / "runs").glob(f"{entry_id}--*.html")).read_text()
+            assert re.search(r"protocol fingerprint", page)
+    # running the demo again reuses checkpoints and stored rows
+    again = CliRunner().invoke(app, ["demo", "--budget", "tiny", "--protocol", "mnist-linf-tiny-v1",
+                                     "--home", str(home)])
+    assert again.exit_code == 0 and again.output.count("reused") == 4

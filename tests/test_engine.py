@@ -1,0 +1,163 @@
+"""Engine invariants on a linear MNIST model: cascade, nesting, determinism, resume, slices."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from attacks import make_attack
+from bench.engine import EvalTarget, evaluate
+from bench.errors import AttackContractError, BenchError
+from bench.metrics import summarize
+from bench.storage import Result, Store
+from registry import get_entry
+from tests.conftest import EscapingAttack, Linear, small_protocol
+
+
+def _target(model: Linear) -> EvalTarget:
+    return EvalTarget(get_entry("standard"), model, "linear-test-weights", "test", 0)
+
+
+def _rows(store: Store, run_id: int) -> list[tuple]:
+    return [(r.attack, r.eps, r.sample, r.label, r.attacked, r.success, r.robust_after, r.pred,
+             None if r.linf is None else round(r.linf, 6), r.detail) for r in store.results(run_id)]
+
+
+def _eval(tmp_path: Path, name: str, model: Linear, **kw) -> tuple[Store, int]:
+    store = Store(tmp_path / f"{name}.db")
+    protocol = kw.pop("protocol", small_protocol())
+    return store, evaluate(store, _target(model), protocol, **kw)
+
+
+def test_eps_zero_equals_clean_and_worst_case_is_monotone(tmp_path: Path, linear_mnist: Linear) -> None:
+    store, run_id = _eval(tmp_path, "a", linear_mnist)
+    s = summarize(store, store.runs()[0])
+    assert s.complete and s.n_evaluated == 60
+    assert s.worst[0.0] == pytest.approx(s.clean_acc)
+    worst = [s.worst[e] for e in s.epsilons]
+    assert worst == sorted(worst, reverse=True)
+    assert worst[-1] < worst[0]  # the attacks do something
+    # per sample: a sample robust at a larger eps is robust at every smaller eps
+    rows = store.results(run_id)
+    final = {}
+    for eps in s.epsilons:
+        last = [r for r in rows if r.eps == eps and r.attack == "pgd-cw"]
+        final[eps] = {r.sample for r in last if r.robust_after}
+    for small, big in zip(s.epsilons, s.epsilons[1:], strict=False):
+        assert final[big] <= final[small]
+
+
+def test_one_row_per_run_attack_eps_sample(tmp_path: Path, linear_mnist: Linear) -> None:
+    store, run_id = _eval(tmp_path, "a", linear_mnist)
+    rows = _rows(store, run_id)
+    keys = [(r[0], r[1], r[2]) for r in rows]
+    assert len(keys) == len(set(keys)) == 60 * (1 + 4 * 3)
+
+
+def test_same_seed_same_rows_and_batch_size_does_not_matter(tmp_path: Path, linear_mnist: Linear) -> None:
+    s1, r1 = _eval(tmp_path, "a", linear_mnist)
+    s2, r2 = _eval(tmp_path, "b", linear_mnist)
+    s3, r3 = _eval(tmp_path, "c", linear_mnist, batch_size=7)
+    assert _rows(s1, r1) == _rows(s2, r2) == _rows(s3, r3)
+
+
+def test_broken_samples_are_never_attacked_again(tmp_path: Path, linear_mnist: Linear) -> None:
+    calls: list[tuple[str, float, set[int]]] = []
+
+    def spy(kind: str, params: dict, seed: int):
+        attack = make_attack(kind, params, seed)
+        inner = attack.run
+
+        def run(model, x, y, epsilons, sample_ids=None, batch_size=None):
+            calls.append((f"{kind}-{params.get('loss', '')}", float(epsilons[0]), set(sample_ids.tolist())))
+            return inner(model, x, y, epsilons, sample_ids=sample_ids, batch_size=batch_size)
+
+        attack.run = run  # type: ignore[method-assign]
+        return attack
+
+    store, run_id = _eval(tmp_path, "a", linear_mnist, attack_factory=spy)
+    rows = store.results(run_id)
+    wrong = {r.sample for r in rows if r.attack == "clean" and not r.robust_after}
+    broken_before: set[int] = set(wrong)
+    order = ["fgsm", "pgd-ce", "pgd-cw"]
+    by_stage = {(r.attack, r.eps, r.sample): r for r in rows}
+    attacked_total = 0
+    for eps in (0.0, 0.05, 0.1, 0.2):
+        for label in order:
+            seen = [c for c in calls if c[1] == eps and c[0].startswith(label.split("-")[0])
+                    and (label == "fgsm" or c[0].endswith(label.split("-")[1]))]
+            ids = set().union(*[c[2] for c in seen]) if seen else set()
+            assert not ids & broken_before, f"{label}@{eps} attacked already-broken samples"
+            attacked_total += len(ids)
+            broken_before |= {s for (a, e, s), r in by_stage.items() if a == label and e == eps and r.success}
+    assert attacked_total == sum(r.attacked for r in rows if r.attack != "clean")
+    assert len(broken_before) > len(wrong)
+
+
+def test_resume_after_a_simulated_kill_gives_the_same_rows(tmp_path: Path, linear_mnist: Linear) -> None:
+    reference, ref_id = _eval(tmp_path, "ref", linear_mnist)
+    store = Store(tmp_path / "killed.db")
+    n_calls = {"n": 0}
+
+    class Killed(Exception):
+        pass
+
+    def dies_on_seventh_call(kind: str, params: dict, seed: int):
+        n_calls["n"] += 1
+        if n_calls["n"] == 7:
+            raise Killed
+        return make_attack(kind, params, seed)
+
+    with pytest.raises(Killed):
+        evaluate(store, _target(linear_mnist), small_protocol(), attack_factory=dies_on_seventh_call)
+    partial = len(store.results(store.runs()[0].id))
+    assert 0 < partial < len(reference.results(ref_id))
+    run_id = evaluate(store, _target(linear_mnist), small_protocol())
+    assert _rows(store, run_id) == _rows(reference, ref_id)
+    evaluate(store, _target(linear_mnist), small_protocol())  # running again adds nothing
+    assert _rows(store, run_id) == _rows(reference, ref_id)
+    assert len(store.runs()) == 1
+
+
+def test_slices_merge_into_one_run(tmp_path: Path, linear_mnist: Linear) -> None:
+    reference, ref_id = _eval(tmp_path, "ref", linear_mnist)
+    store = Store(tmp_path / "slices.db")
+    evaluate(store, _target(linear_mnist), small_protocol(), start=20, stop=60)
+    run_id = evaluate(store, _target(linear_mnist), small_protocol(), start=0, stop=20)
+    assert len(store.runs()) == 1
+    assert _rows(store, run_id) == _rows(reference, ref_id)
+    with pytest.raises(BenchError, match="align"):
+        evaluate(store, _target(linear_mnist), small_protocol(), start=5, stop=20)
+
+
+def test_engine_rejects_inputs_outside_the_ball(tmp_path: Path, linear_mnist: Linear) -> None:
+    store = Store(tmp_path / "bad.db")
+    with pytest.raises(AttackContractError, match="distance"):
+        evaluate(store, _target(linear_mnist), small_protocol(eps=(0.05, 0.1), primary=0.1),
+                 attack_factory=lambda k, p, s: EscapingAttack())
+    # the clean stage is stored, the faulty stage is not
+    attacks = {r.attack for r in store.results(store.runs()[0].id)}
+    assert attacks == {"clean"}
+
+
+def test_engine_verifies_success_itself(tmp_path: Path, linear_mnist: Linear) -> None:
+    """An attack that claims success for unchanged inputs breaks nothing."""
+    from attacks.base import AttackOutput
+
+    class Liar:
+        def run(self, model, x, y, epsilons, sample_ids=None, batch_size=None):
+            return AttackOutput(x_adv=torch.stack([x for _ in epsilons]),
+                                success=torch.ones(len(epsilons), x.shape[0], dtype=torch.bool))
+
+    store = Store(tmp_path / "liar.db")
+    run_id = evaluate(store, _target(linear_mnist), small_protocol(), attack_factory=lambda k, p, s: Liar())
+    assert not any(r.success for r in store.results(run_id) if r.attack != "clean")
+
+
+def test_rows_carry_the_fingerprint(tmp_path: Path, linear_mnist: Linear) -> None:
+    store, run_id = _eval(tmp_path, "a", linear_mnist)
+    with store.session() as s:
+        fps = {fp for (fp,) in s.query(Result.fingerprint).filter(Result.run_id == run_id).distinct()}
+    assert fps == {small_protocol().fingerprint}
