@@ -24,11 +24,15 @@ SUB_ATTACKS = ("apgd-ce", "apgd-t", "fab-t", "square")
 class AutoAttackStandard(Attack):
     name = "autoattack"
 
-    def __init__(self, *, seed: int = 0, version: str = "standard", norm: str = "Linf") -> None:
+    def __init__(self, *, seed: int = 0, version: str = "standard", norm: str = "Linf",
+                 n_target_classes: int = 9, square_queries: int = 5000) -> None:
         super().__init__(seed=seed)
         if version != "standard":
             raise ValueError("only AutoAttack version 'standard' is supported")
         self.version, self.norm = version, norm
+        # Defaults are the standard version's; CPU '-quick' protocols may shrink them (declared in
+        # the protocol spec, hence in its fingerprint, and shown on the leaderboard).
+        self.n_target_classes, self.square_queries = int(n_target_classes), int(square_queries)
 
     def make(self, model: nn.Module, eps: float, seed: int, device: torch.device):
         """The configured pyautoattack object (also used by ``bench perf`` for the direct call)."""
@@ -37,6 +41,9 @@ class AutoAttackStandard(Attack):
         logging.getLogger("auto-attack").setLevel(logging.WARNING)
         aa = AutoAttack(model, eps=eps, norm=self.norm, version=self.version, seed=seed, device=device)
         aa.verbose = False
+        aa.apgd_targeted.n_target_classes = self.n_target_classes
+        aa.fab.n_target_classes = self.n_target_classes
+        aa.square.n_queries = self.square_queries
         return aa
 
     def run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, epsilons: Sequence[float],
