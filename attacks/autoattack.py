@@ -11,6 +11,7 @@ so the caller's random state is untouched and the same inputs give the same resu
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Sequence
 
 import torch
@@ -33,6 +34,7 @@ class AutoAttackStandard(Attack):
         # Defaults are the standard version's; CPU '-quick' protocols may shrink them (declared in
         # the protocol spec, hence in its fingerprint, and shown on the leaderboard).
         self.n_target_classes, self.square_queries = int(n_target_classes), int(square_queries)
+        self.seconds: dict[str, float] = {}  # wall time per sub-attack, summed over calls (for bench perf)
 
     def make(self, model: nn.Module, eps: float, seed: int, device: torch.device):
         """The configured pyautoattack object (also used by ``bench perf`` for the direct call)."""
@@ -76,6 +78,7 @@ class AutoAttackStandard(Attack):
             if idx.numel() == 0:
                 break
             xs, ys = x[idx].clone(), y[idx].clone()
+            t0 = time.perf_counter()
             if sub == "apgd-ce":
                 aa.apgd.loss, aa.apgd.seed = "ce", seed
                 adv = aa.apgd.perturb(xs, ys)
@@ -90,6 +93,7 @@ class AutoAttackStandard(Attack):
                 adv = aa.square.perturb(xs, ys)
             with torch.no_grad():
                 fooled = model(adv).argmax(1) != ys
+            self.seconds[sub] = self.seconds.get(sub, 0.0) + time.perf_counter() - t0
             hit = idx[fooled]
             x_adv[hit] = adv[fooled].detach()
             robust[hit] = False

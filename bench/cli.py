@@ -311,13 +311,17 @@ def perf(
     batch: Annotated[int, typer.Option(help="Number of test images.")] = 100,
     eps: Annotated[float, typer.Option()] = 0.3,
     budget: Annotated[str, typer.Option()] = "quick",
+    full_aa: Annotated[bool, typer.Option(help="Time AutoAttack's full standard budgets, not the quick ones.")] = False,
     home: HomeOpt = None, data_dir: DataOpt = None, device: DeviceOpt = "cpu",
 ) -> None:
     """Performance probe: attack time over (passes x one forward+backward), and ours vs pyautoattack."""
     from bench.perf import run_perf
 
     ws = _ws(home)
-    run_perf(_entry(ws, entry), dataset, batch, eps, budget, ws, data_dir, _check_device(device), out)
+    from bench.protocol import FULL_AA, QUICK_AA
+
+    params = {k: v for k, v in (FULL_AA if full_aa else QUICK_AA).items() if k != "version"}
+    run_perf(_entry(ws, entry), dataset, batch, eps, budget, ws, data_dir, _check_device(device), out, params)
 
 
 def main() -> None:

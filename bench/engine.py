@@ -93,7 +93,8 @@ def evaluate(
         n_samples=protocol.n_samples,
     )
     done = store.done_stages(run.id)
-    model = PassCounter(target.model.to(dev).eval())
+    # channels_last: 20-30% faster convolutions on CPU; a no-op for models without 4-D weights.
+    model = PassCounter(target.model.to(dev).to(memory_format=torch.channels_last).eval())
     stages = [("clean", 0.0)] + protocol.stages()
     total = len(stages) * len(range(start, stop, protocol.chunk_size))
     finished = 0

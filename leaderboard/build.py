@@ -34,6 +34,21 @@ def fmt_eps(eps: float, dataset: str) -> str:
     return f"{eps:g}"
 
 
+def attack_desc(a: dict) -> str:
+    """A protocol attack as a reader needs it: label plus any non-default budget."""
+    p = a.get("params", {})
+    bits = []
+    if a["kind"] == "autoattack" and ("n_target_classes" in p or "square_queries" in p):
+        bits.append(f"{p.get('n_target_classes', 9)} target classes, Square {p.get('square_queries', 5000)} queries")
+    if a["kind"] == "pgd":
+        step = p.get("step_size", None)
+        bits.append(f"{p['steps']} steps, step {step if step is not None else str(p['rel_step_size']) + ' x eps'}"
+                    + (f", {p['restarts']} restarts" if p.get("restarts", 1) > 1 else ""))
+    if a.get("at") == "primary":
+        bits.append("primary eps only")
+    return a["label"] + (f" ({'; '.join(bits)})" if bits else "")
+
+
 def fmt_pct(value: float | None) -> str:
     return "–" if value is None or value != value else f"{value:.1f}"
 
@@ -55,6 +70,7 @@ def build_site(store: Store, out: Path, entries: dict[str, Entry]) -> Path:
     """Write the site into ``out`` and return the path of ``index.html``."""
     env = Environment(loader=PackageLoader("leaderboard", "templates"), autoescape=select_autoescape(["html"]))
     env.filters["pct"] = fmt_pct
+    env.filters["attack_desc"] = attack_desc
     summaries = summarize_all(store)
     groups: dict[str, list[RunSummary]] = {}
     for s in summaries:

@@ -76,7 +76,7 @@ STANDARD = Entry(
             # pNML paper appendix A: 100 epochs, SGD lr 0.01, momentum 0.9, weight decay 1e-4, batch 50.
             "paper": Budget(epochs=100, batch_size=50, lr=0.01, momentum=0.9, weight_decay=1e-4,
                             schedule="constant", source="pNML paper (004) appendix A"),
-            "quick": Budget(epochs=0.5, batch_size=128, lr=2e-3, optimizer="adam", momentum=0.0,
+            "quick": Budget(epochs=0.25, batch_size=128, lr=2e-3, optimizer="adam", momentum=0.0,
                             schedule="onecycle", source="ours: CPU quick budget"),
             "tiny": _tiny("ce"),
         },
@@ -107,7 +107,7 @@ MADRY_AT = Entry(
             "paper": Budget(epochs=100_000 * 50 / 60_000, batch_size=50, lr=1e-4, optimizer="adam",
                             momentum=0.0, schedule="constant", eps=0.3, attack_steps=40,
                             attack_step_size=0.01, source="Madry et al. (MNIST challenge config)"),
-            "quick": _quick_mnist(epochs=0.5, steps=3, step=0.12),
+            "quick": _quick_mnist(epochs=0.5, steps=3, step=0.12, lr=4e-3),
             "tiny": _tiny("madry"),
         },
         "cifar10": {"paper": _cifar_at("MART paper (002) section 4.2, as its 'Standard' AT baseline"),

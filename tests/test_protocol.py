@@ -11,9 +11,9 @@ from bench.protocol import PROTOCOLS, AttackSpec, get_protocol
 
 PINNED = {
     "mnist-linf-v1": "b952ad65772d8662",
-    "mnist-linf-quick-v1": "9472cb8471a18b21",
+    "mnist-linf-quick-v1": "d986895d99ed683a",
     "cifar10-linf-v1": "bc15115cb0eb4c45",
-    "cifar10-linf-quick-v1": "b20c755433237644",
+    "cifar10-linf-quick-v1": "2d2ed86137a95815",
 }
 
 
