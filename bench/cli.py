@@ -30,6 +30,7 @@ DbOpt = Annotated[str | None, typer.Option("--db", help="SQLAlchemy URL or SQLit
 DataOpt = Annotated[str | None, typer.Option(
     "--data-dir", help="Dataset root (default $GAUNTLET_DATA_DIR or ../shared/data).")]
 DeviceOpt = Annotated[str, typer.Option("--device", help="torch device, e.g. cpu or cuda.")]
+DownloadOpt = Annotated[bool, typer.Option("--download", help="Download missing datasets with torchvision.")]
 
 
 def _fail(message: str, code: int = 1) -> None:
@@ -59,6 +60,12 @@ def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
                   + " (set GAUNTLET_DEBUG=1 for a traceback)", 2)
 
     return wrapper
+
+
+def _set_download(flag: bool) -> None:
+    from bench.data import allow_download
+
+    allow_download(flag)
 
 
 def _ws(home: str | None) -> Workspace:
@@ -144,8 +151,10 @@ def train(
     seed: Annotated[int, typer.Option(help="Training seed.")] = 0,
     force: Annotated[bool, typer.Option(help="Retrain even if a checkpoint exists.")] = False,
     home: HomeOpt = None, data_dir: DataOpt = None, device: DeviceOpt = "cpu",
+    download: DownloadOpt = False,
 ) -> None:
     """Train an entry with its recipe and write a safetensors checkpoint (reused when it exists)."""
+    _set_download(download)
     from bench.data import dataset_info
 
     dataset_info(dataset)
@@ -205,8 +214,10 @@ def evaluate(
     batch_size: Annotated[int | None, typer.Option(
         help="Attack mini-batch (memory only; results do not change).")] = None,
     home: HomeOpt = None, db: DbOpt = None, data_dir: DataOpt = None, device: DeviceOpt = "cpu",
+    download: DownloadOpt = False,
 ) -> None:
     """Evaluate an entry under a protocol; resumable (run it again after an interruption)."""
+    _set_download(download)
     ws = _ws(home)
     run_id = _do_evaluate(ws, db, entry, protocol, budget, seed, checkpoint, data_dir, _check_device(device),
                           start, stop, batch_size)
@@ -279,8 +290,10 @@ def demo(
     entries_: Annotated[str | None, typer.Option("--entries", help="Comma-separated entry ids.")] = None,
     seed: Annotated[int, typer.Option(help="Training seed.")] = 0,
     home: HomeOpt = None, db: DbOpt = None, data_dir: DataOpt = None, device: DeviceOpt = "cpu",
+    download: DownloadOpt = False,
 ) -> None:
     """The main job: train the demo entries on MNIST, evaluate them, build the leaderboard."""
+    _set_download(download)
     from bench.protocol import get_protocol
     from leaderboard import build_site
     from registry import DEMO_ENTRIES
@@ -313,8 +326,10 @@ def perf(
     budget: Annotated[str, typer.Option()] = "quick",
     full_aa: Annotated[bool, typer.Option(help="Time AutoAttack's full standard budgets, not the quick ones.")] = False,
     home: HomeOpt = None, data_dir: DataOpt = None, device: DeviceOpt = "cpu",
+    download: DownloadOpt = False,
 ) -> None:
     """Performance probe: attack time over (passes x one forward+backward), and ours vs pyautoattack."""
+    _set_download(download)
     from bench.perf import run_perf
 
     ws = _ws(home)

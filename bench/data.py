@@ -25,6 +25,13 @@ from bench import REPO_ROOT
 from bench.errors import BenchError
 
 ENV_DATA_DIR = "GAUNTLET_DATA_DIR"
+_download_allowed = False
+
+
+def allow_download(flag: bool = True) -> None:
+    """Let missing datasets be fetched by torchvision into the data root (CLI ``--download``)."""
+    global _download_allowed
+    _download_allowed = flag
 
 
 @dataclass(frozen=True)
@@ -73,9 +80,14 @@ def resolve_data_dir(data_dir: str | os.PathLike[str] | None = None) -> Path:
 
 
 def load_split(
-    name: str, split: str, data_dir: str | os.PathLike[str] | None = None, download: bool = False
+    name: str, split: str, data_dir: str | os.PathLike[str] | None = None, download: bool | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Load a whole split as ``(images float32 [0,1] NCHW, labels int64)``; cached per process."""
+    """Load a whole split as ``(images float32 [0,1] NCHW, labels int64)``; cached per process.
+
+    ``download`` defaults to what :func:`allow_download` set (off): offline unless asked.
+    """
+    if download is None:
+        download = _download_allowed
     dataset_info(name)
     if split not in ("train", "test"):
         raise BenchError(f"unknown split {split!r}; use 'train' or 'test'")

@@ -50,3 +50,29 @@ def test_data_dir_from_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     monkeypatch.setenv("GAUNTLET_DATA_DIR", str(tmp_path))
     assert resolve_data_dir() == tmp_path.resolve()
     assert resolve_data_dir("/elsewhere") == Path("/elsewhere")
+
+
+def test_download_flag_reaches_torchvision(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Users with a network get torchvision's normal download into the data root."""
+    import torch
+    import torchvision.datasets
+
+    from bench import data
+
+    seen = {}
+
+    class FakeMNIST:
+        def __init__(self, root: str, train: bool, download: bool) -> None:
+            seen.update(root=root, download=download)
+            self.data = torch.zeros(10_000, 28, 28, dtype=torch.uint8)
+            self.targets = torch.zeros(10_000, dtype=torch.int64)
+
+    monkeypatch.setattr(torchvision.datasets, "MNIST", FakeMNIST)
+    data._load_cached.cache_clear()
+    data.allow_download(True)
+    try:
+        x, _ = data.load_split("mnist", "test", data_dir=tmp_path)
+    finally:
+        data.allow_download(False)
+        data._load_cached.cache_clear()
+    assert seen == {"root": str(tmp_path.resolve()), "download": True} and x.shape[0] == 10_000
