@@ -6,6 +6,12 @@ All take logits (and labels) and return a scalar mean over the batch.
 * TRADES (Zhang et al., 2019): CE(f(x), y) + beta * KL(p(x) || p(x_adv)).
 * MART (Wang et al., 2020, eq. 8-9): BCE(p(x_adv), y) + lambda * KL(p(x) || p(x_adv)) * (1 - p_y(x)),
   with BCE = -log p_y(x_adv) - log(1 - max_{k != y} p_k(x_adv)).
+
+The CE terms of PAT and TRADES (and plain training) can be replaced by a regularised base loss
+(:func:`base_loss`): label smoothing (uncertainty paper eq. 6; Shafahi et al.'s y_warm with the
+same formula), entropy maximisation EntM (uncertainty paper eq. 4: CE - lambda * H(p)) and logit
+squeezing (Shafahi et al. eq. 5: sum over the batch of CE + beta * ||Z||_F, the Frobenius norm of
+the batch's logits; divided by the batch size here, so the CE term stays a mean).
 """
 
 from __future__ import annotations
@@ -20,8 +26,31 @@ def ce(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits, y)
 
 
-def pat(logits_clean: torch.Tensor, logits_adv: torch.Tensor, y: torch.Tensor, alpha: float) -> torch.Tensor:
-    return alpha * F.cross_entropy(logits_clean, y) + (1.0 - alpha) * F.cross_entropy(logits_adv, y)
+def entropy(logits: torch.Tensor) -> torch.Tensor:
+    """Shannon entropy of softmax(logits), per sample (nats)."""
+    logp = F.log_softmax(logits, dim=1)
+    return -(logp.exp() * logp).sum(dim=1)
+
+
+def base_loss(logits: torch.Tensor, y: torch.Tensor, ls: float = 0.0, entm: float = 0.0,
+              squeeze: float = 0.0) -> torch.Tensor:
+    """Mean CE (against y - ls * (y - uniform) when ls > 0) - entm * mean H(p) + squeeze * ||Z||_F / B."""
+    if ls:
+        logp = F.log_softmax(logits, dim=1)
+        target = F.one_hot(y, logits.shape[1]).to(logp.dtype) * (1.0 - ls) + ls / logits.shape[1]
+        loss = -(target * logp).sum(dim=1).mean()
+    else:
+        loss = F.cross_entropy(logits, y)
+    if entm:
+        loss = loss - entm * entropy(logits).mean()
+    if squeeze:
+        loss = loss + squeeze * torch.linalg.norm(logits) / logits.shape[0]
+    return loss
+
+
+def pat(logits_clean: torch.Tensor, logits_adv: torch.Tensor, y: torch.Tensor, alpha: float,
+        **base: float) -> torch.Tensor:
+    return alpha * base_loss(logits_clean, y, **base) + (1.0 - alpha) * base_loss(logits_adv, y, **base)
 
 
 def kl_per_sample(logits_p: torch.Tensor, logits_q: torch.Tensor) -> torch.Tensor:
@@ -31,8 +60,9 @@ def kl_per_sample(logits_p: torch.Tensor, logits_q: torch.Tensor) -> torch.Tenso
     return (logp.exp() * (logp - logq)).sum(dim=1)
 
 
-def trades(logits_clean: torch.Tensor, logits_adv: torch.Tensor, y: torch.Tensor, beta: float) -> torch.Tensor:
-    return F.cross_entropy(logits_clean, y) + beta * kl_per_sample(logits_clean, logits_adv).mean()
+def trades(logits_clean: torch.Tensor, logits_adv: torch.Tensor, y: torch.Tensor, beta: float,
+           **base: float) -> torch.Tensor:
+    return base_loss(logits_clean, y, **base) + beta * kl_per_sample(logits_clean, logits_adv).mean()
 
 
 def mart(logits_clean: torch.Tensor, logits_adv: torch.Tensor, y: torch.Tensor, lam: float) -> torch.Tensor:

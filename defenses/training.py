@@ -22,6 +22,14 @@ from attacks.base import project_linf
 from defenses import losses
 
 OBJECTIVES = ("ce", "madry", "pat", "trades", "mart")
+BASE_LOSS_KEYS = ("ls", "entm", "squeeze")  # regularisers of the CE term (see defenses.losses.base_loss)
+PARAM_KEYS = {
+    "ce": {*BASE_LOSS_KEYS, "noise_sigma"},
+    "madry": set(),
+    "pat": {"alpha", *BASE_LOSS_KEYS},
+    "trades": {"beta", *BASE_LOSS_KEYS},
+    "mart": {"lambda"},
+}
 
 
 @dataclass(frozen=True)
@@ -64,18 +72,27 @@ class Recipe:
     objective: str
     params: Mapping[str, float] = field(default_factory=dict)
     budgets: Mapping[str, Mapping[str, Budget]] = field(default_factory=dict)
+    dataset_params: Mapping[str, Mapping[str, float]] = field(default_factory=dict)  # per-dataset overrides
 
     def __post_init__(self) -> None:
         if self.objective not in OBJECTIVES:
             raise ValueError(f"unknown objective {self.objective!r}; known: {', '.join(OBJECTIVES)}")
+        keys = set(self.params).union(*[set(v) for v in self.dataset_params.values()])
+        unknown = keys - PARAM_KEYS[self.objective]
+        if unknown:
+            raise ValueError(f"objective {self.objective!r} takes no parameter(s) {', '.join(sorted(unknown))}")
         object.__setattr__(self, "params", MappingProxyType(dict(self.params)))
+
+    def params_for(self, dataset: str) -> dict[str, float]:
+        """The objective's weights on ``dataset`` (e.g. a noise sigma given on another pixel scale)."""
+        return {**self.params, **self.dataset_params.get(dataset, {})}
 
     def budget(self, dataset: str, name: str) -> Budget | None:
         return self.budgets.get(dataset, {}).get(name)
 
     def canonical(self, dataset: str, budget: str) -> dict[str, Any]:
         b = self.budget(dataset, budget)
-        return {"objective": self.objective, "params": dict(sorted(self.params.items())),
+        return {"objective": self.objective, "params": dict(sorted(self.params_for(dataset).items())),
                 "dataset": dataset, "budget": budget, "schedule": b.canonical() if b else None}
 
 
@@ -127,6 +144,7 @@ def _lr_at(b: Budget, progress_epochs: float) -> float:
 def train_model(
     model: nn.Module, recipe: Recipe, budget: Budget, x_train: torch.Tensor, y_train: torch.Tensor,
     seed: int, device: torch.device, on_step: Callable[[int, int, float], None] | None = None,
+    dataset: str | None = None,
 ) -> dict[str, float]:
     """Train ``model`` in place with ``recipe`` under ``budget``; returns summary metrics.
 
@@ -144,7 +162,7 @@ def train_model(
         opt: torch.optim.Optimizer = torch.optim.Adam(params, lr=budget.lr, weight_decay=budget.weight_decay)
     else:
         opt = torch.optim.SGD(params, lr=budget.lr, momentum=budget.momentum, weight_decay=budget.weight_decay)
-    p = recipe.params
+    p = recipe.params_for(dataset) if dataset else dict(recipe.params)
     # channels_last speeds CPU convolutions by 5-25% here; weights are saved contiguous either way.
     model.to(device=device, memory_format=torch.channels_last)
     t0 = time.perf_counter()
@@ -159,6 +177,9 @@ def train_model(
         y = y_train[idx].to(device)
         if budget.augment:
             x = _augment(x, gen)
+        if p.get("noise_sigma"):
+            # Gaussian noise augmentation (Shafahi et al.): train on x + sigma * N(0, 1), not clipped.
+            x = x + p["noise_sigma"] * torch.randn(x.shape, generator=gen).to(device)
         progress = step / total_steps
         for group in opt.param_groups:
             group["lr"] = _lr_at(budget, step / steps_per_epoch)
@@ -174,16 +195,17 @@ def train_model(
         if x_adv is None:
             x_adv = x
         model.train()
+        base = {k: float(p[k]) for k in BASE_LOSS_KEYS if k in p}
         if recipe.objective == "ce":
-            loss = losses.ce(model(x), y)
+            loss = losses.base_loss(model(x), y, **base)
         elif recipe.objective == "madry":
             loss = losses.ce(model(x_adv), y)
         else:
             lc, la = model(x), model(x_adv)  # separate passes keep BatchNorm statistics per input kind
             if recipe.objective == "pat":
-                loss = losses.pat(lc, la, y, p.get("alpha", 0.5))
+                loss = losses.pat(lc, la, y, p.get("alpha", 0.5), **base)
             elif recipe.objective == "trades":
-                loss = losses.trades(lc, la, y, p["beta"])
+                loss = losses.trades(lc, la, y, p["beta"], **base)
             else:
                 loss = losses.mart(lc, la, y, p["lambda"])
         opt.zero_grad(set_to_none=True)

@@ -16,8 +16,9 @@ from pathlib import Path
 from bench.errors import BenchError
 from registry.builtin import BUILTIN_ENTRIES, DEMO_ENTRIES
 from registry.entry import Claim, Entry, Paper
+from registry.regularisers import REGULARISER_ENTRIES
 
-__all__ = ["BUILTIN_ENTRIES", "DEMO_ENTRIES", "Claim", "Entry", "Paper", "all_entries", "get_entry",
+__all__ = ["ALL_BUILTIN", "BUILTIN_ENTRIES", "DEMO_ENTRIES", "Claim", "Entry", "Paper", "all_entries", "get_entry",
            "load_submission_file", "submit_file"]
 
 
@@ -48,6 +49,9 @@ def load_submission_file(path: Path) -> list[Entry]:
     return [replace(e, source=str(path)) for e in entries]
 
 
+ALL_BUILTIN: tuple[Entry, ...] = BUILTIN_ENTRIES + REGULARISER_ENTRIES
+
+
 def _submitted(submissions_dir: Path | None) -> list[Entry]:
     if submissions_dir is None or not submissions_dir.is_dir():
         return []
@@ -59,7 +63,7 @@ def _submitted(submissions_dir: Path | None) -> list[Entry]:
 
 def all_entries(submissions_dir: Path | None = None) -> dict[str, Entry]:
     """Built-in entries followed by submitted ones, by id."""
-    entries: dict[str, Entry] = {e.id: e for e in BUILTIN_ENTRIES}
+    entries: dict[str, Entry] = {e.id: e for e in ALL_BUILTIN}
     for e in _submitted(submissions_dir):
         if e.id in entries and entries[e.id].source == "builtin":
             raise BenchError(f"submitted entry id {e.id!r} clashes with a built-in entry")
@@ -78,7 +82,7 @@ def get_entry(entry_id: str, submissions_dir: Path | None = None) -> Entry:
 def submit_file(path: Path, submissions_dir: Path) -> list[Entry]:
     """Validate a submission and copy it into the workspace; returns its entries."""
     entries = load_submission_file(path)
-    builtin_ids = {e.id for e in BUILTIN_ENTRIES}
+    builtin_ids = {e.id for e in ALL_BUILTIN}
     for e in entries:
         if e.id in builtin_ids:
             raise BenchError(f"submitted entry id {e.id!r} clashes with a built-in entry")

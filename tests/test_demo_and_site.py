@@ -60,6 +60,10 @@ def test_demo_end_to_end_tiny(tmp_path: Path) -> None:
             cells = {cls.split()[-1]: text for e, cls, text in parser.cells if e == entry_id and cls}
             assert cells["clean"] == f"{clean:.1f}"
             assert cells["worst"] == f"{worst:.1f}"
+            per_eps = [t for e, cls, t in parser.cells if e == entry_id and cls.endswith("worst-eps")]
+            want = [con.execute("select avg(robust_after) * 100 from results where run_id=? and attack='pgd-cw' "
+                                "and eps=?", (run_id, eps)).fetchone()[0] for eps in (0.1, 0.2, 0.3, 0.4)]
+            assert per_eps == [f"{w:.1f}" for w in want]
             page = next((home / "site" / "runs").glob(f"{entry_id}--*.html")).read_text()
             assert re.search(r"protocol fingerprint", page)
     # running the demo again reuses checkpoints and stored rows

@@ -48,3 +48,39 @@ def test_mart() -> None:
         bce = -math.log(pa[y]) - math.log(1 - other)
         total += bce + 5.0 * _kl(LC[i].tolist(), LA[i].tolist()) * (1 - pc[y])
     assert float(losses.mart(LC, LA, Y, 5.0)) == pytest.approx(total / 2, rel=1e-5)
+
+
+def _entropy(row: list[float]) -> float:
+    return -sum(p * math.log(p) for p in _softmax(row))
+
+
+def test_entm_label_smoothing_and_logit_squeezing() -> None:
+    rows, ys = LC.tolist(), Y.tolist()
+    entm = sum(_ce(r, y) - 2.0 * _entropy(r) for r, y in zip(rows, ys, strict=True)) / 2
+    assert float(losses.base_loss(LC, Y, entm=2.0)) == pytest.approx(entm, rel=1e-6)
+    gamma = 0.74
+    ls = 0.0
+    for r, y in zip(rows, ys, strict=True):
+        target = [(1 - gamma) * (k == y) + gamma / 3 for k in range(3)]
+        ls += -sum(t * math.log(p) for t, p in zip(target, _softmax(r), strict=True))
+    assert float(losses.base_loss(LC, Y, ls=gamma)) == pytest.approx(ls / 2, rel=1e-6)
+    frob = math.sqrt(sum(v * v for r in rows for v in r))
+    squeeze = (sum(_ce(r, y) for r, y in zip(rows, ys, strict=True)) + 0.5 * frob) / 2  # eq. 5 over a batch of 2
+    assert float(losses.base_loss(LC, Y, squeeze=0.5)) == pytest.approx(squeeze, rel=1e-6)
+    # uncertainty paper eq. 7: LS = (1 - g) CE + g KL(u || p) + g log C
+    kl_u = sum(sum((1 / 3) * math.log((1 / 3) / p) for p in _softmax(r)) for r in rows) / 2
+    ce_mean = sum(_ce(r, y) for r, y in zip(rows, ys, strict=True)) / 2
+    assert ls / 2 == pytest.approx((1 - gamma) * ce_mean + gamma * kl_u + gamma * math.log(3), rel=1e-6)
+
+
+def test_trades_entm_replaces_the_natural_ce() -> None:
+    want = sum(_ce(LC[i].tolist(), int(Y[i])) - 2.0 * _entropy(LC[i].tolist())
+               + 3.0 * _kl(LC[i].tolist(), LA[i].tolist()) for i in range(2)) / 2
+    assert float(losses.trades(LC, LA, Y, 3.0, entm=2.0)) == pytest.approx(want, rel=1e-6)
+
+
+def test_recipes_reject_unknown_parameters() -> None:
+    from defenses.training import Recipe
+
+    with pytest.raises(ValueError, match="no parameter"):
+        Recipe("mart", {"beta": 1.0})
