@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -125,8 +126,22 @@ def train_entry(entry: Entry, dataset: str, budget: str, seed: int, ckpt_dir: Pa
 
 
 def resolve_model(entry: Entry, dataset: str, budget: str, seed: int, ckpt_dir: Path,
-                  checkpoint: Path | None = None) -> tuple[nn.Module, str, dict[str, str]]:
-    """The model to evaluate: (model in eval mode, weights sha256, metadata)."""
+                  checkpoint: Path | None = None,
+                  lookup: Callable[[str], Entry] | None = None) -> tuple[nn.Module, str, dict[str, str]]:
+    """The model to evaluate: (model in eval mode, weights sha256, metadata).
+
+    For a test-time defense the model is its wrapper around the wrapped entry's model, and the
+    identity hashes the base weights together with the wrapper's declaration.
+    """
+    if entry.wraps is not None and entry.wrapper is not None:
+        if lookup is None:
+            raise BenchError(f"entry {entry.id!r} wraps {entry.wraps!r}: no registry lookup given")
+        base_entry = lookup(entry.wraps)
+        base, base_sha, meta = resolve_model(base_entry, dataset, budget, seed, ckpt_dir, checkpoint, lookup)
+        model = entry.wrapper(base, dataset).eval()
+        ident = json.dumps({"base": base_sha, "entry": entry.id, "version": entry.version,
+                            "extra": dict(entry.extra)}, sort_keys=True, default=str)
+        return model, hashlib.sha256(ident.encode()).hexdigest(), {**meta, "wraps": base_entry.id}
     if entry.pretrained is not None:
         if dataset not in entry.pretrained:
             raise BenchError(f"entry {entry.id!r} has no pretrained model for {dataset}")

@@ -129,6 +129,9 @@ def _do_train(ws: Workspace, entry_id: str, dataset: str, budget: str, seed: int
     from bench.checkpoints import train_entry
 
     entry = _entry(ws, entry_id)
+    if entry.wraps is not None:  # a test-time defense: train the model it wraps
+        out.print(f"{entry_id} is a test-time defense around {entry.wraps}: training {entry.wraps}")
+        entry_id, entry = entry.wraps, _entry(ws, entry.wraps)
     with _progress() as prog:
         task = prog.add_task(f"train {entry_id} ({dataset}, {budget})", total=None)
 
@@ -175,7 +178,7 @@ def _do_evaluate(ws: Workspace, db: str | None, entry_id: str, protocol_name: st
     if batch_size is not None and batch_size < 1:
         raise BenchError("--batch-size must be >= 1")
     model, sha, meta = resolve_model(entry, protocol.dataset, budget, seed, ws.checkpoints,
-                                     Path(checkpoint) if checkpoint else None)
+                                     Path(checkpoint) if checkpoint else None, lambda i: _entry(ws, i))
     store = _store(ws, db)
     target = EvalTarget(entry, model, sha, meta.get("budget", budget),
                         int(meta["seed"]) if meta.get("seed", "").isdigit() else None)

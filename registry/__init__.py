@@ -17,6 +17,7 @@ from bench.errors import BenchError
 from registry.builtin import BUILTIN_ENTRIES, DEMO_ENTRIES
 from registry.entry import Claim, Entry, Paper
 from registry.regularisers import REGULARISER_ENTRIES
+from registry.test_time import TEST_TIME_ENTRIES
 
 __all__ = ["ALL_BUILTIN", "BUILTIN_ENTRIES", "DEMO_ENTRIES", "Claim", "Entry", "Paper", "all_entries", "get_entry",
            "load_submission_file", "submit_file"]
@@ -49,7 +50,7 @@ def load_submission_file(path: Path) -> list[Entry]:
     return [replace(e, source=str(path)) for e in entries]
 
 
-ALL_BUILTIN: tuple[Entry, ...] = BUILTIN_ENTRIES + REGULARISER_ENTRIES
+ALL_BUILTIN: tuple[Entry, ...] = BUILTIN_ENTRIES + REGULARISER_ENTRIES + TEST_TIME_ENTRIES
 
 
 def _submitted(submissions_dir: Path | None) -> list[Entry]:

@@ -46,7 +46,8 @@ class Entry:
 
     ``architectures`` maps a dataset to a registered architecture name or to a factory.
     A trained entry has a ``recipe``; a pretrained one has ``pretrained`` loaders (dataset ->
-    callable returning the model with its weights). ``adaptive_attacks`` names the attacks that
+    callable returning the model with its weights); a test-time defense ``wraps`` another entry's
+    trained model with ``wrapper`` (the evaluated model is the wrapper). ``adaptive_attacks`` names the attacks that
     apply to it (implemented by later attack work); ``forward_passes`` is per prediction.
     """
 
@@ -58,6 +59,8 @@ class Entry:
     architectures: Mapping[str, str | Callable[[], nn.Module]]
     recipe: Recipe | None = None
     pretrained: Mapping[str, Callable[[], nn.Module]] | None = None
+    wraps: str | None = None  # test-time defenses: the entry whose trained model is wrapped
+    wrapper: Callable[[nn.Module, str], nn.Module] | None = None  # (base model, dataset) -> defended model
     claims: tuple[Claim, ...] = ()
     forward_passes: int = 1
     randomized: bool = False
@@ -72,8 +75,10 @@ class Entry:
             raise ValueError(f"entry id {self.id!r} must match {ENTRY_ID.pattern}")
         if self.kind not in KINDS:
             raise ValueError(f"entry {self.id}: kind must be one of {', '.join(KINDS)}")
-        if (self.recipe is None) == (self.pretrained is None):
-            raise ValueError(f"entry {self.id}: give exactly one of recipe and pretrained")
+        if sum(x is not None for x in (self.recipe, self.pretrained, self.wraps)) != 1:
+            raise ValueError(f"entry {self.id}: give exactly one of recipe, pretrained and wraps")
+        if (self.wraps is None) != (self.wrapper is None):
+            raise ValueError(f"entry {self.id}: wraps and wrapper go together")
         object.__setattr__(self, "architectures", MappingProxyType(dict(self.architectures)))
         object.__setattr__(self, "extra", MappingProxyType(dict(self.extra)))
 

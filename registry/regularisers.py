@@ -133,4 +133,6 @@ SHAFAHI_ENTRIES = (
              _mnist_claims("Shafahi et al. Table 2 (beta 2, sigma 0)", 64.14, 0.0, 0.0)),
 )
 
+
+
 REGULARISER_ENTRIES: tuple[Entry, ...] = UNCERTAINTY_ENTRIES + SHAFAHI_ENTRIES
