@@ -86,10 +86,9 @@ def run_perf(entry: Entry, dataset: str, batch: int, eps: float, budget: str, ws
     ours = probe("AutoAttack stage (ours)", lambda: aa.run(counter, x, y, [eps], sample_ids=torch.arange(batch)))
     seed = derive_seed(3, "autoattack", float(eps), 0) % (2**31)
 
-    def direct() -> None:
+    def direct() -> None:  # pyautoattack's own cascade, configured exactly as our stage
         with torch.random.fork_rng(devices=[]):
             aa.make(counter, eps, seed, dev).run_standard_evaluation(x, y, batch_size=batch)
-            # (same configuration object as our stage: same sub-attack budgets)
 
     theirs = probe("pyautoattack direct", direct)
     results["aa_ours_over_direct"] = ours / theirs

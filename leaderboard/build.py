@@ -58,11 +58,16 @@ def run_slug(s: RunSummary) -> str:
     return f"{safe}--{s.run.protocol}--run{s.run.id}"
 
 
+def same_eps(a: float, b: float) -> bool:
+    """Claims quote eps rounded (0.031 for 8/255): equal within 2e-3 counts as the same budget."""
+    return abs(a - b) < 2e-3
+
+
 def headline_claim(entry: Entry | None, dataset: str, eps: float) -> Claim | None:
     """The paper's lowest robust number at this eps (its strongest reported attack)."""
     if entry is None:
         return None
-    claims = [c for c in entry.claims_for(dataset) if abs(c.eps - eps) < 2e-3 and c.robust is not None]
+    claims = [c for c in entry.claims_for(dataset) if same_eps(c.eps, eps) and c.robust is not None]
     return min(claims, key=lambda c: c.robust) if claims else None  # type: ignore[arg-type, return-value]
 
 
@@ -115,7 +120,7 @@ def build_site(store: Store, out: Path, entries: dict[str, Entry]) -> Path:
 
 def _claim_diff(s: RunSummary, c: Claim) -> float | None:
     """Our worst case minus the claimed robust accuracy, when the claim's eps is on our grid."""
-    close = [e for e in s.epsilons if abs(e - c.eps) < 2e-3]
+    close = [e for e in s.epsilons if same_eps(e, c.eps)]
     if not close or c.robust is None or s.worst.get(close[0]) is None:
         return None
     return s.worst[close[0]] - float(c.robust)
