@@ -23,7 +23,7 @@ class FGSM(Attack):
 
     def run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, epsilons: Sequence[float],
             sample_ids: torch.Tensor | None = None, batch_size: int | None = None) -> AttackOutput:
-        bs = batch_size or x.shape[0]
+        bs = batch_size or max(x.shape[0], 1)
         grads = []
         for start in range(0, x.shape[0], bs):
             xb = x[start:start + bs].clone().requires_grad_(True)

@@ -116,7 +116,7 @@ def entries(home: HomeOpt = None) -> None:
     table = Table("id", "name", "kind", "datasets", "paper", "claims", title="Gauntlet entries")
     table.columns[0].no_wrap = True
     for e in _entries(ws).values():
-        claims = "; ".join(f"{c.dataset} {c.attack}@{c.eps:.3g}: {c.robust} ({c.table})" for c in e.claims[:3])
+        claims = "; ".join(c.short() for c in e.claims[:3])
         if len(e.claims) > 3:
             claims += f"; +{len(e.claims) - 3} more"
         table.add_row(escape(e.id), escape(e.name), e.kind, ", ".join(e.datasets), escape(e.paper.venue),
@@ -254,8 +254,7 @@ def show(entry: Annotated[str, typer.Argument(help="Entry id.")], home: HomeOpt 
     out.print(f"datasets: {', '.join(f'{d} ({e.architecture_name(d)})' for d in e.datasets)}; "
               f"source: {e.source}", highlight=False)
     for c in e.claims:
-        out.print(f"  claim: {c.dataset} {c.norm} eps {c.eps:.4g} {c.attack}: clean {c.clean}, robust {c.robust} "
-                  f"({c.table})", highlight=False)
+        out.print(f"  claim: {c.short()}", highlight=False, markup=False)
     store = _store(ws, db)
     runs = [r for r in store.runs() if r.entry_id == e.id]
     if not runs:
@@ -268,7 +267,15 @@ def show(entry: Annotated[str, typer.Argument(help="Entry id.")], home: HomeOpt 
         for a in s.attack_labels:
             table.add_row(a, *[f"{s.accuracy(a, x):.1f}" if s.accuracy(a, x) is not None else "–" for x in s.epsilons])
         table.add_row("worst case", *[f"{s.worst[x]:.1f}" if x in s.worst else "–" for x in s.epsilons])
+        if s.detector is not None:
+            for a in s.attack_labels:
+                table.add_row(f"AUC {a}", *[f"{s.detection_auc[(a, x)][0]:.1f}" if (a, x) in s.detection_auc else "–"
+                                            for x in s.epsilons])
         out.print(table)
+        if s.detector is not None:
+            out.print(f"detector: threshold {s.detector['threshold']:.6g} ({s.detector['metric']}) at "
+                      f"{100 * s.detector['fpr']:.1f}% FPR on {s.detector['calibration']}; clean rejection rate "
+                      f"{s.clean_rejection_rate:.1f}% (counted as errors)", highlight=False, markup=False)
 
 
 @app.command()

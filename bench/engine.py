@@ -8,10 +8,18 @@ it checks the returned input lies in the epsilon ball and the [0, 1] box (raisin
 since that is a bug) and re-runs the model on it. Each (stage, chunk) is written in one
 transaction with all its rows, so a killed evaluation resumes at the first missing stage and ends
 with exactly the rows of an uninterrupted run.
+
+Detector rule: when the evaluated model has a ``detector_score`` (higher = more suspicious), its
+threshold is set once per run on held-out clean inputs (the last ``CALIBRATION_SAMPLES`` images of
+the split, never evaluated) at the protocol's false-positive rate, and stored with the run. A
+rejected clean input counts as an error; an attack succeeds only if its input is misclassified
+and not rejected. Every row stores the detector score and verdict, so detection ROC-AUC per
+attack can be computed from the rows.
 """
 
 from __future__ import annotations
 
+import json
 import platform
 import time
 from collections.abc import Callable
@@ -25,7 +33,7 @@ from attacks.base import Attack, PassCounter
 from bench import code_version
 from bench.data import load_split
 from bench.errors import AttackContractError, BenchError
-from bench.protocol import Protocol
+from bench.protocol import CALIBRATION_SAMPLES, Protocol
 from bench.storage import Result, Stage, Store, packages_json
 from registry.entry import Entry
 
@@ -57,6 +65,50 @@ def _predict(model: nn.Module, x: torch.Tensor, bs: int) -> torch.Tensor:
         if x.shape[0] == 0:
             return torch.zeros(0, dtype=torch.long, device=x.device)
         return torch.cat([model(x[i:i + bs]).argmax(1) for i in range(0, x.shape[0], bs)])
+
+
+@dataclass(frozen=True)
+class DetectorRule:
+    """A detector model and the run's threshold: rejected iff score > threshold."""
+
+    model: nn.Module
+    threshold: float
+
+    def scores(self, x: torch.Tensor, bs: int) -> torch.Tensor:
+        """Detector scores on CPU; NaN (undefined density) counts as maximally suspicious."""
+        if x.shape[0] == 0:
+            return torch.zeros(0)
+        with torch.no_grad():
+            s = torch.cat([self.model.detector_score(x[i:i + bs]).detach().float().cpu()
+                           for i in range(0, x.shape[0], bs)])
+        return torch.nan_to_num(s, nan=float("inf")).clamp(max=3.0e38)
+
+
+def has_detector(model: nn.Module) -> bool:
+    return callable(getattr(model, "detector_score", None))
+
+
+def calibrate_detector(store: Store, run_id: int, stored_json: str | None, protocol: Protocol, model: nn.Module,
+                       x_all: torch.Tensor, dev: torch.device, bs: int) -> DetectorRule:
+    """The run's threshold: the stored one (resumed runs and slices share it), else calibrated and stored."""
+    from defenses.detectors import threshold_at_fpr
+
+    if stored_json is not None:
+        return DetectorRule(model, float(json.loads(stored_json)["threshold"]))
+    n_total = x_all.shape[0]
+    first = n_total - CALIBRATION_SAMPLES
+    if protocol.n_samples > first:
+        raise BenchError(f"{protocol.name} evaluates {protocol.n_samples} samples, overlapping the detector "
+                         f"calibration set ({protocol.split}[{first}:{n_total}])")
+    rule = DetectorRule(model, 0.0)
+    scores = rule.scores(x_all[first:].to(dev), bs)
+    threshold = threshold_at_fpr(scores, protocol.detector_fpr)
+    record = {"threshold": threshold, "fpr": protocol.detector_fpr,
+              "calibration": f"{protocol.split}[{first}:{n_total}]", "n_calibration": int(scores.numel()),
+              "calibration_rejection_rate": float((scores > threshold).float().mean()),
+              "metric": str(getattr(model, "metric", "custom")), "score": "higher = more suspicious"}
+    stored = json.loads(store.set_detector_calibration(run_id, json.dumps(record, sort_keys=True)))
+    return DetectorRule(model, float(stored["threshold"]))
 
 
 def check_slice(protocol: Protocol, start: int, stop: int | None) -> tuple[int, int]:
@@ -93,6 +145,9 @@ def evaluate(
         n_samples=protocol.n_samples,
     )
     done = store.done_stages(run.id)
+    detector = (calibrate_detector(store, run.id, run.detector_json, protocol, target.model.to(dev).eval(), x_all,
+                                   dev, bs)
+                if has_detector(target.model) else None)
     # channels_last: 20-30% faster convolutions on CPU; a no-op for models without 4-D weights.
     model = PassCounter(target.model.to(dev).to(memory_format=torch.channels_last).eval())
     stages = [("clean", 0.0)] + protocol.stages()
@@ -112,7 +167,7 @@ def evaluate(
             else:
                 spec = None if label == "clean" else protocol.spec(label)
                 robust = _run_stage(store, run.id, protocol, model, label, eps, spec, x, y, ids, robust,
-                                    bs, attack_factory)
+                                    bs, attack_factory, detector)
             finished += 1
             if progress is not None:
                 progress(label, eps, finished, total)
@@ -121,7 +176,7 @@ def evaluate(
 
 def _run_stage(store: Store, run_id: int, protocol: Protocol, model: PassCounter, label: str, eps: float,
                spec, x: torch.Tensor, y: torch.Tensor, ids: torch.Tensor, robust: torch.Tensor, bs: int,
-               attack_factory: AttackFactory) -> torch.Tensor:
+               attack_factory: AttackFactory, detector: DetectorRule | None = None) -> torch.Tensor:
     t0 = time.perf_counter()
     model.reset()
     n = x.shape[0]
@@ -129,9 +184,18 @@ def _run_stage(store: Store, run_id: int, protocol: Protocol, model: PassCounter
     if label == "clean":
         pred = _predict(model, x, bs).cpu()
         correct = pred == y.cpu()
+        score: list[float | None] = [None] * n
+        rejected: list[bool | None] = [None] * n
+        if detector is not None:
+            sc = detector.scores(x, bs)
+            rej = sc > detector.threshold
+            correct &= ~rej  # a rejected clean input is an error
+            score, rejected = [float(v) for v in sc], [bool(v) for v in rej]
         rows = [Result(run_id=run_id, fingerprint=fp, attack="clean", eps=0.0, sample=int(s), label=int(t),
-                       attacked=True, success=not bool(c), robust_after=bool(c), pred=int(p), linf=0.0)
-                for s, t, p, c in zip(ids.tolist(), y.tolist(), pred.tolist(), correct.tolist(), strict=True)]
+                       attacked=True, success=not bool(c), robust_after=bool(c), pred=int(p), linf=0.0,
+                       score=sc_, rejected=rj)
+                for s, t, p, c, sc_, rj in zip(ids.tolist(), y.tolist(), pred.tolist(), correct.tolist(), score,
+                                               rejected, strict=True)]
         n_fwd, n_bwd = model.reset()
         stage = Stage(run_id=run_id, fingerprint=fp, attack="clean", eps=0.0, chunk_start=int(ids[0]),
                       chunk_stop=int(ids[-1]) + 1, n_attacked=n, n_broken=int((~correct).sum()), n_forward=n_fwd,
@@ -145,6 +209,8 @@ def _run_stage(store: Store, run_id: int, protocol: Protocol, model: PassCounter
     pred_all: list[int | None] = [None] * n
     linf_all: list[float | None] = [None] * n
     detail_all: list[str | None] = [None] * n
+    score_all: list[float | None] = [None] * n
+    rejected_all: list[bool | None] = [None] * n
     n_fwd = n_bwd = 0
     if idx.numel():
         attack = attack_factory(spec.kind, dict(spec.params), spec.seed)
@@ -155,8 +221,14 @@ def _run_stage(store: Store, run_id: int, protocol: Protocol, model: PassCounter
         _check_bounds(x_adv, xs, eps, label)
         linf = (x_adv - xs).abs().flatten(1).amax(1).cpu()
         pred = _predict(model, x_adv, bs).cpu()
-        model.reset()
         broke = pred != ys.cpu()
+        if detector is not None:
+            sc = detector.scores(x_adv, bs)
+            rej = sc > detector.threshold
+            broke &= ~rej  # a detected adversarial input is not a success
+            for j, i in enumerate(idx.tolist()):
+                score_all[i], rejected_all[i] = float(sc[j]), bool(rej[j])
+        model.reset()
         success[idx] = broke
         for j, i in enumerate(idx.tolist()):
             pred_all[i], linf_all[i] = int(pred[j]), float(linf[j])
@@ -165,7 +237,8 @@ def _run_stage(store: Store, run_id: int, protocol: Protocol, model: PassCounter
     robust_after = alive & ~success
     rows = [Result(run_id=run_id, fingerprint=fp, attack=label, eps=eps, sample=int(ids[i]), label=int(y[i]),
                    attacked=bool(alive[i]), success=bool(success[i]), robust_after=bool(robust_after[i]),
-                   pred=pred_all[i], linf=linf_all[i], detail=detail_all[i]) for i in range(n)]
+                   pred=pred_all[i], linf=linf_all[i], detail=detail_all[i], score=score_all[i],
+                   rejected=rejected_all[i]) for i in range(n)]
     stage = Stage(run_id=run_id, fingerprint=fp, attack=label, eps=eps, chunk_start=int(ids[0]),
                   chunk_stop=int(ids[-1]) + 1, n_attacked=int(alive.sum()), n_broken=int(success.sum()),
                   n_forward=n_fwd, n_backward=n_bwd, seconds=time.perf_counter() - t0, seed=spec.seed)

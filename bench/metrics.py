@@ -7,6 +7,10 @@ cascade, so every accuracy here is a plain mean of stored flags:
   sample survived that attack and every earlier stage, smaller epsilons included);
 * worst case at eps: the same for the last stage at that eps (the mean over samples of the
   minimum over attacks, never the minimum of per-attack means).
+
+Detector runs add the clean rejection rate and, per (attack, eps), the detection ROC-AUC as the
+RCE paper computes it: adversarial inputs that are misclassified (whether rejected or not) against
+the clean inputs that are correctly classified, by their stored detector scores.
 """
 
 from __future__ import annotations
@@ -14,6 +18,8 @@ from __future__ import annotations
 import json
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
+
+import torch
 
 from bench.storage import Result, Run, Store
 
@@ -45,6 +51,15 @@ class RunSummary:
     cells: dict[tuple[str, float], CellStats]
     worst: dict[float, float]
     complete: bool
+    detector: dict | None = None
+    clean_rejected: int = 0
+    detection_auc: dict[tuple[str, float], tuple[float, int, int]] = field(default_factory=dict)
+
+    @property
+    def clean_rejection_rate(self) -> float | None:
+        if self.detector is None or not self.n_evaluated:
+            return None
+        return 100.0 * self.clean_rejected / self.n_evaluated
 
     @property
     def clean_acc(self) -> float:
@@ -106,8 +121,25 @@ def summarize(store: Store, run: Run) -> RunSummary:
     )
     complete = (len(clean) == run.n_samples and len(cells) == n_expected_cells
                 and all(c.n == run.n_samples for c in cells.values()))
+    detector = json.loads(run.detector_json) if run.detector_json else None
+    auc: dict[tuple[str, float], tuple[float, int, int]] = {}
+    if detector is not None:
+        negatives = [r.score for r in clean if r.pred == r.label and r.score is not None]
+        for key, rs in by_cell.items():
+            positives = [r.score for r in rs if r.attacked and r.pred is not None and r.pred != r.label
+                         and r.score is not None]
+            if positives and negatives:
+                auc[key] = (100.0 * roc_auc(positives, negatives), len(positives), len(negatives))
     return RunSummary(run=run, protocol=protocol, n_evaluated=len(clean),
-                      clean_correct=sum(r.robust_after for r in clean), cells=cells, worst=worst, complete=complete)
+                      clean_correct=sum(r.robust_after for r in clean), cells=cells, worst=worst, complete=complete,
+                      detector=detector, clean_rejected=sum(bool(r.rejected) for r in clean), detection_auc=auc)
+
+
+def roc_auc(positives: list[float], negatives: list[float]) -> float:
+    """P(score of a positive > score of a negative), ties counting one half (the ROC curve's area)."""
+    pos = torch.tensor(positives, dtype=torch.float64)[:, None]
+    neg = torch.tensor(negatives, dtype=torch.float64)[None, :]
+    return float(((pos > neg).double() + 0.5 * (pos == neg).double()).mean())
 
 
 def summarize_all(store: Store) -> list[RunSummary]:

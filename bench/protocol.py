@@ -98,6 +98,12 @@ class Protocol:
         raise KeyError(label)
 
 
+# The detector rule (part of every protocol): a detector entry's threshold is set on the last
+# CALIBRATION_SAMPLES images of the protocol's split, which no protocol evaluates, at the protocol's
+# detector_fpr. Pinned by tests/test_protocol.py; changing it needs a new protocol version.
+CALIBRATION_SAMPLES = 1000
+
+
 # AutoAttack standard on CPU costs minutes per robust MNIST model (APGD-T and FAB-T with 9 target
 # classes, Square with 5,000 queries): the '-quick' protocols keep every sub-attack but run them at
 # the primary eps only, with 3 target classes and 1,000 Square queries. The full protocols run the

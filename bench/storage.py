@@ -8,6 +8,11 @@
   is still robust after this stage (clean correct and unbroken by every stage so far).
 * ``stages``: one per (run, attack, epsilon, chunk): written in the same transaction as the chunk's
   rows, so a stage is either fully stored or absent; it records time and forward/backward passes.
+
+Schema 2 adds, for detector entries, the detector's ``score`` and the ``rejected`` verdict per row
+and the run's calibration record (``detector_json``), and per-row ``l2`` / ``l0`` distances for
+minimum-norm attacks. A schema-1 database is upgraded in place by adding the nullable columns, so
+stored results are never lost.
 """
 
 from __future__ import annotations
@@ -29,14 +34,16 @@ from sqlalchemy import (
     create_engine,
     event,
     func,
+    inspect,
     select,
+    text,
 )
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from bench.errors import BenchError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 
 class Base(DeclarativeBase):
@@ -64,6 +71,7 @@ class Run(Base):
     created_at: Mapped[str] = mapped_column(String(40))
     updated_at: Mapped[str] = mapped_column(String(40))
     wall_seconds: Mapped[float] = mapped_column(Float, default=0.0)
+    detector_json: Mapped[str | None] = mapped_column(Text, nullable=True)  # calibration of a detector entry
 
 
 class Result(Base):
@@ -83,6 +91,10 @@ class Result(Base):
     pred: Mapped[int | None] = mapped_column(Integer, nullable=True)
     linf: Mapped[float | None] = mapped_column(Float, nullable=True)
     detail: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    score: Mapped[float | None] = mapped_column(Float, nullable=True)  # detector score (higher: more suspicious)
+    rejected: Mapped[bool | None] = mapped_column(Boolean, nullable=True)  # detector verdict at the run's threshold
+    l2: Mapped[float | None] = mapped_column(Float, nullable=True)
+    l0: Mapped[float | None] = mapped_column(Float, nullable=True)
 
 
 class Stage(Base):
@@ -143,9 +155,16 @@ class Store:
         try:
             if create:
                 Base.metadata.create_all(self.engine)
+                _upgrade(self.engine)
                 with Session(self.engine) as s, s.begin():
-                    if s.get(Meta, "schema_version") is None:
+                    meta = s.get(Meta, "schema_version")
+                    if meta is None:
                         s.add(Meta(key="schema_version", value=str(SCHEMA_VERSION)))
+                    elif int(meta.value) > SCHEMA_VERSION:
+                        raise BenchError(f"database {self.url} has schema {meta.value}, newer than this code's "
+                                         f"{SCHEMA_VERSION}; upgrade Gauntlet")
+                    else:
+                        meta.value = str(SCHEMA_VERSION)
             with Session(self.engine) as s:
                 s.execute(select(func.count(Run.id))).scalar_one()
         except SQLAlchemyError as exc:
@@ -196,6 +215,19 @@ class Store:
                 return False
         return True
 
+    def set_detector_calibration(self, run_id: int, detector_json: str) -> str:
+        """Store a run's detector calibration unless one is stored; returns the stored one.
+
+        The first writer wins, so concurrent slices and resumed runs share one threshold.
+        """
+        with self.session() as s, s.begin():
+            run = s.get(Run, run_id)
+            if run is None:
+                raise BenchError(f"run {run_id} not found")
+            if run.detector_json is None:
+                run.detector_json = detector_json
+            return run.detector_json
+
     def runs(self) -> list[Run]:
         with self.session() as s:
             return list(s.execute(select(Run).order_by(Run.id)).scalars())
@@ -208,6 +240,20 @@ class Store:
     def stages(self, run_id: int) -> list[Stage]:
         with self.session() as s:
             return list(s.execute(select(Stage).where(Stage.run_id == run_id)).scalars())
+
+
+def _upgrade(engine: Any) -> None:
+    """Add the columns of newer schemas that an older database lacks (nullable, so no row changes)."""
+    insp = inspect(engine)
+    with engine.begin() as conn:
+        for table in Base.metadata.sorted_tables:
+            have = {c["name"] for c in insp.get_columns(table.name)}
+            for col in table.columns:
+                if col.name not in have:
+                    if not col.nullable:
+                        raise BenchError(f"cannot upgrade table {table.name}: new column {col.name} is required")
+                    ddl = col.type.compile(dialect=engine.dialect)
+                    conn.execute(text(f'ALTER TABLE {table.name} ADD COLUMN "{col.name}" {ddl}'))
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:

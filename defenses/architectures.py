@@ -8,6 +8,8 @@ MNIST:
   appendix fragment gives the 320 and 50 widths).
 CIFAR-10: ``preact-resnet18``, ``resnet18``, ``wrn-34-10`` and ``wrn-28-10`` (with an optional
 per-channel normalisation inside the model, since inputs are always [0, 1]).
+Both: ``resnet32`` / ``resnet56`` (He et al.'s 6n+2 CIFAR ResNets, 16-32-64 channels, used by the
+RCE paper on MNIST and CIFAR-10; ``-mnist`` names take one input channel).
 """
 
 from __future__ import annotations
@@ -141,6 +143,33 @@ class ResNet18(nn.Module):
         return self.linear(out)
 
 
+class CifarResNet(nn.Module):
+    """He et al.'s (2016) 6n+2-layer ResNet for small images: three stages of n basic blocks.
+
+    The input is centred (x - 0.5), as the RCE paper scales pixels to [-0.5, 0.5].
+    """
+
+    def __init__(self, depth: int = 32, in_channels: int = 3, num_classes: int = 10) -> None:
+        super().__init__()
+        if (depth - 2) % 6:
+            raise ValueError("depth must be 6n + 2")
+        n = (depth - 2) // 6
+        self.conv1 = nn.Conv2d(in_channels, 16, 3, 1, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(16)
+        layers, cin = [], 16
+        for cout, stride in ((16, 1), (32, 2), (64, 2)):
+            for i in range(n):
+                layers.append(_BasicBlock(cin, cout, stride if i == 0 else 1))
+                cin = cout
+        self.layers = nn.Sequential(*layers)
+        self.linear = nn.Linear(64, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu(self.bn1(self.conv1(x - 0.5)))
+        out = F.adaptive_avg_pool2d(self.layers(out), 1).flatten(1)
+        return self.linear(out)
+
+
 class _WideBlock(nn.Module):
     def __init__(self, cin: int, cout: int, stride: int) -> None:
         super().__init__()
@@ -192,6 +221,10 @@ ARCHITECTURES: dict[str, Callable[[], nn.Module]] = {
     "preact-resnet18": lambda: ResNet18(preact=True),
     "wrn-34-10": lambda: WideResNet(34, 10),
     "wrn-28-10": lambda: WideResNet(28, 10),
+    "resnet32": lambda: CifarResNet(32),
+    "resnet56": lambda: CifarResNet(56),
+    "resnet32-mnist": lambda: CifarResNet(32, in_channels=1),
+    "resnet56-mnist": lambda: CifarResNet(56, in_channels=1),
 }
 
 

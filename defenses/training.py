@@ -21,7 +21,7 @@ from torch import nn
 from attacks.base import project_linf
 from defenses import losses
 
-OBJECTIVES = ("ce", "madry", "pat", "trades", "mart")
+OBJECTIVES = ("ce", "madry", "pat", "trades", "mart", "mma", "dynamic", "rce", "adp")
 BASE_LOSS_KEYS = ("ls", "entm", "squeeze")  # regularisers of the CE term (see defenses.losses.base_loss)
 PARAM_KEYS = {
     "ce": {*BASE_LOSS_KEYS, "noise_sigma"},
@@ -29,6 +29,10 @@ PARAM_KEYS = {
     "pat": {"alpha", *BASE_LOSS_KEYS},
     "trades": {"beta", *BASE_LOSS_KEYS},
     "mart": {"lambda"},
+    "mma": {"max_margin", "bisection_steps"},
+    "dynamic": {"c_max", "c_ramp"},
+    "rce": set(),
+    "adp": {"alpha", "beta", "det_offset"},
 }
 
 
@@ -121,6 +125,47 @@ def _pgd_kl(model: nn.Module, x: torch.Tensor, eps: float, steps: int, alpha: fl
     return xa.detach()
 
 
+def _pgd_fosc(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, steps: int, alpha: float,
+              gen: torch.Generator, c_t: float) -> torch.Tensor:
+    """Dynamic AT's inner maximisation (Wang et al., 2019): PGD on CE that stops per sample once the
+    first-order stationarity condition FOSC = eps * ||g||_1 - <x_k - x, g> falls to c_t or below."""
+    noise = torch.rand(x.shape, generator=gen).to(x.device) * 2 - 1
+    xa = (x + eps * noise).clamp(0, 1)
+    active = torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
+    for _ in range(steps):
+        xa.requires_grad_(True)
+        grad = torch.autograd.grad(F.cross_entropy(model(xa), y, reduction="sum"), xa)[0]
+        with torch.no_grad():
+            fosc = eps * grad.abs().flatten(1).sum(1) - ((xa - x) * grad).flatten(1).sum(1)
+            active &= fosc > c_t
+            if not bool(active.any()):
+                break
+            stepped = project_linf(xa + alpha * grad.sign(), x, eps)
+            xa = torch.where(active.view(-1, *[1] * (x.dim() - 1)), stepped, xa).detach()
+    return xa.detach()
+
+
+def _an_pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, max_eps: float, steps: int, alpha: float,
+            gen: torch.Generator, bisection_steps: int) -> torch.Tensor:
+    """MMA's margin search (Ding et al., 2020): PGD at the largest margin ``max_eps``, then per sample a
+    bisection on the segment from x to the PGD point for the closest misclassified point (the
+    shortest successful perturbation found); samples PGD cannot break keep the PGD point."""
+    x_pgd = _pgd_ce(model, x, y, max_eps, steps, alpha, gen)
+    delta = x_pgd - x
+    shape = (-1, *[1] * (x.dim() - 1))
+    with torch.no_grad():
+        fooled = model(x_pgd).argmax(1) != y
+        lo = torch.zeros(x.shape[0], device=x.device)
+        hi = torch.ones(x.shape[0], device=x.device)
+        for _ in range(bisection_steps):
+            mid = (lo + hi) / 2
+            wrong = model(x + mid.view(shape) * delta).argmax(1) != y
+            hi = torch.where(wrong, mid, hi)
+            lo = torch.where(wrong, lo, mid)
+        t = torch.where(fooled, hi, torch.ones_like(hi))
+    return (x + t.view(shape) * delta).clamp(0, 1).detach()
+
+
 def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     """4-pixel-padding random crop and horizontal flip (the papers' CIFAR-10 augmentation)."""
     n, _, h, w = x.shape
@@ -163,6 +208,9 @@ def train_model(
     else:
         opt = torch.optim.SGD(params, lr=budget.lr, momentum=budget.momentum, weight_decay=budget.weight_decay)
     p = recipe.params_for(dataset) if dataset else dict(recipe.params)
+    full_model = model
+    # A detector trains its classifier only (e.g. an RCE net, whose logits it reverses afterwards).
+    model = model.training_target() if hasattr(model, "training_target") else model
     # channels_last speeds CPU convolutions by 5-25% here; weights are saved contiguous either way.
     model.to(device=device, memory_format=torch.channels_last)
     t0 = time.perf_counter()
@@ -186,10 +234,19 @@ def train_model(
         ramp = min(1.0, progress / budget.eps_warmup) if budget.eps_warmup > 0 else 1.0
         eps, alpha = budget.eps * ramp, budget.attack_step_size * ramp
         x_adv = None
-        if recipe.objective != "ce" and eps > 0:
+        if recipe.objective not in ("ce", "rce", "adp") and eps > 0:
             model.eval()
             if recipe.objective == "trades":
                 x_adv = _pgd_kl(model, x, eps, budget.attack_steps, alpha, gen)
+            elif recipe.objective == "mma":
+                # the largest margin plays the role of eps; the step size scales with it
+                scale = p.get("max_margin", eps) / budget.eps
+                x_adv = _an_pgd(model, x, y, eps * scale, budget.attack_steps, alpha * scale, gen,
+                                int(p.get("bisection_steps", 10)))
+            elif recipe.objective == "dynamic":
+                # c_t falls linearly from c_max to 0 over the first c_ramp of training
+                c_t = p.get("c_max", 0.5) * max(0.0, 1.0 - progress / p.get("c_ramp", 0.8))
+                x_adv = _pgd_fosc(model, x, y, eps, budget.attack_steps, alpha, gen, c_t)
             else:
                 x_adv = _pgd_ce(model, x, y, eps, budget.attack_steps, alpha, gen)
         if x_adv is None:
@@ -198,7 +255,12 @@ def train_model(
         base = {k: float(p[k]) for k in BASE_LOSS_KEYS if k in p}
         if recipe.objective == "ce":
             loss = losses.base_loss(model(x), y, **base)
-        elif recipe.objective == "madry":
+        elif recipe.objective == "rce":
+            loss = losses.rce(model(x), y)
+        elif recipe.objective == "adp":
+            loss = losses.adp(model.member_logits(x), y, p.get("alpha", 2.0), p.get("beta", 0.5),
+                              p.get("det_offset", 1e-6))
+        elif recipe.objective in ("madry", "dynamic"):
             loss = losses.ce(model(x_adv), y)
         else:
             lc, la = model(x), model(x_adv)  # separate passes keep BatchNorm statistics per input kind
@@ -206,6 +268,8 @@ def train_model(
                 loss = losses.pat(lc, la, y, p.get("alpha", 0.5), **base)
             elif recipe.objective == "trades":
                 loss = losses.trades(lc, la, y, p["beta"], **base)
+            elif recipe.objective == "mma":
+                loss = losses.mma(lc, la, y)
             else:
                 loss = losses.mart(lc, la, y, p["lambda"])
         opt.zero_grad(set_to_none=True)
@@ -214,5 +278,5 @@ def train_model(
         running = 0.98 * running + 0.02 * float(loss.detach()) if step else float(loss.detach())
         if on_step is not None:
             on_step(step + 1, total_steps, running)
-    model.to(memory_format=torch.contiguous_format).eval()
+    full_model.to(memory_format=torch.contiguous_format).eval()
     return {"train_loss": running, "train_seconds": time.perf_counter() - t0, "steps": float(total_steps)}

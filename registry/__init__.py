@@ -15,6 +15,7 @@ from pathlib import Path
 
 from bench.errors import BenchError
 from registry.builtin import BUILTIN_ENTRIES, DEMO_ENTRIES
+from registry.detectors import DETECTOR_ENTRIES
 from registry.entry import Claim, Entry, Paper
 from registry.regularisers import REGULARISER_ENTRIES
 from registry.test_time import TEST_TIME_ENTRIES
@@ -50,7 +51,7 @@ def load_submission_file(path: Path) -> list[Entry]:
     return [replace(e, source=str(path)) for e in entries]
 
 
-ALL_BUILTIN: tuple[Entry, ...] = BUILTIN_ENTRIES + REGULARISER_ENTRIES + TEST_TIME_ENTRIES
+ALL_BUILTIN: tuple[Entry, ...] = BUILTIN_ENTRIES + REGULARISER_ENTRIES + DETECTOR_ENTRIES + TEST_TIME_ENTRIES
 
 
 def _submitted(submissions_dir: Path | None) -> list[Entry]:

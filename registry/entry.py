@@ -38,6 +38,14 @@ class Claim:
     table: str
     architecture: str = ""
     note: str = ""
+    detection_auc: float | None = None  # detector entries: the paper's detection ROC-AUC (%) for this attack
+
+    def short(self) -> str:
+        """One line: what was attacked at which budget and what the paper reports."""
+        where = f"{self.dataset} {self.attack}" + (f"@{self.eps:.3g}" if self.eps else "")
+        figures = [f"{k} {v}" for k, v in (("clean", self.clean), ("robust", self.robust),
+                                            ("detection AUC", self.detection_auc)) if v is not None]
+        return f"{where}: {', '.join(figures)} ({self.table})"
 
 
 @dataclass(frozen=True)

@@ -84,3 +84,41 @@ def test_recipes_reject_unknown_parameters() -> None:
 
     with pytest.raises(ValueError, match="no parameter"):
         Recipe("mart", {"beta": 1.0})
+
+
+def test_rce_matches_hand_computation() -> None:
+    # R_y puts 1/(L-1) = 1/2 on each false class: loss = -(log p_a + log p_b) / 2 per sample
+    want = []
+    for row, y in zip(LC.tolist(), Y.tolist(), strict=True):
+        p = _softmax(row)
+        want.append(-sum(math.log(p[j]) for j in range(3) if j != y) / 2)
+    assert losses.rce(LC, Y).item() == pytest.approx(sum(want) / 2, rel=1e-6)
+
+
+def test_mma_uses_margin_point_only_for_correct_inputs() -> None:
+    # sample 0: clean argmax 0 == y -> CE at the margin point; sample 1: clean argmax 1 == y -> margin too
+    assert losses.mma(LC, LA, Y).item() == pytest.approx((_ce(LA[0].tolist(), 0) + _ce(LA[1].tolist(), 1)) / 2)
+    y_wrong = torch.tensor([2, 1])  # sample 0 misclassified -> its clean CE
+    want = (_ce(LC[0].tolist(), 2) + _ce(LA[1].tolist(), 1)) / 2
+    assert losses.mma(LC, LA, y_wrong).item() == pytest.approx(want, rel=1e-6)
+
+
+def test_adp_diversity_and_entropy_match_hand_computation() -> None:
+    members = torch.tensor([[[1.0, 0.0, 2.0, -1.0]], [[0.0, 1.0, 0.5, 0.5]]])  # K=2 members, B=1, L=4
+    y = torch.tensor([2])
+    probs = [_softmax(m[0].tolist()) for m in members]
+    non_y = []
+    for p in probs:
+        v = [p[j] for j in range(4) if j != 2]
+        n = math.sqrt(sum(a * a for a in v))
+        non_y.append([a / n for a in v])
+    dot = sum(a * b for a, b in zip(*non_y, strict=True))
+    offset = 1e-6
+    det = (1 + offset) * (1 + offset) - dot * dot  # Gram matrix [[1, d], [d, 1]] + offset I
+    assert losses.ensemble_log_diversity(members, y, offset).item() == pytest.approx(math.log(det), rel=1e-5)
+    mean_p = [(a + b) / 2 for a, b in zip(*probs, strict=True)]
+    entropy = -sum(p * math.log(p) for p in mean_p)
+    assert losses.ensemble_entropy(members).item() == pytest.approx(entropy, rel=1e-6)
+    ce_sum = sum(-math.log(p[2]) for p in probs)
+    want = ce_sum - 2.0 * entropy - 0.5 * math.log(det)
+    assert losses.adp(members, y, 2.0, 0.5, offset).item() == pytest.approx(want, rel=1e-5)
