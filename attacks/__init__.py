@@ -4,6 +4,8 @@ from attacks.adaptive import BPDA, EOT
 from attacks.autoattack import AutoAttackStandard
 from attacks.base import Attack, AttackOutput, PassCounter, derive_seed
 from attacks.cw import CarliniWagnerHC, CarliniWagnerL2, CarliniWagnerWB
+from attacks.detector_aware import DetectorAwarePGD
+from attacks.fab import FABMinNorm
 from attacks.fgsm import FGSM
 from attacks.hopskipjump import HopSkipJump
 from attacks.iterative import BIM, ILCM, LabelSmoothedPGD
@@ -12,6 +14,7 @@ from attacks.pgd import PGD
 from attacks.random_search import RandomSearch
 from attacks.spsa import SPSA
 from attacks.square import SquareAttack
+from attacks.transfer import Transfer
 
 ATTACK_KINDS: dict[str, type[Attack]] = {
     "fgsm": FGSM,
@@ -30,6 +33,9 @@ ATTACK_KINDS: dict[str, type[Attack]] = {
     "cw-hc": CarliniWagnerHC,
     "cw-wb": CarliniWagnerWB,
     "jsma": JSMA,
+    "fab-min-norm": FABMinNorm,
+    "transfer": Transfer,
+    "detector-aware-pgd": DetectorAwarePGD,
 }
 
 

@@ -3,7 +3,9 @@
 Norm: L-inf. Arguments: ``loss`` ('ce' | 'cw'), ``steps``, ``step_size`` (absolute) or
 ``rel_step_size`` (fraction of eps), ``restarts``, ``random_start`` (uniform in the ball).
 Per sample the best iterate is kept: the first iterate that misclassifies (the sample then stops
-being attacked) or else the iterate with the highest loss over all steps and restarts.
+being attacked) or else the iterate with the highest loss over all steps and restarts. With
+``early_stop=False`` every sample runs all steps and the highest-loss iterate is kept (transfer
+attacks want that: inputs just past the surrogate's boundary transfer poorly).
 Random starts are seeded per (seed, eps, restart, sample id), so results do not depend on the
 batch size or on which other samples share the batch.
 
@@ -24,7 +26,8 @@ class PGD(Attack):
     name = "pgd"
 
     def __init__(self, *, seed: int = 0, loss: str = "ce", steps: int = 40, step_size: float | None = None,
-                 rel_step_size: float | None = None, restarts: int = 1, random_start: bool = True) -> None:
+                 rel_step_size: float | None = None, restarts: int = 1, random_start: bool = True,
+                 early_stop: bool = True) -> None:
         super().__init__(seed=seed)
         if (step_size is None) == (rel_step_size is None):
             raise ValueError("give exactly one of step_size and rel_step_size")
@@ -32,6 +35,7 @@ class PGD(Attack):
             raise ValueError("steps and restarts must be >= 1")
         self.loss, self.steps, self.restarts = loss, int(steps), int(restarts)
         self.step_size, self.rel_step_size, self.random_start = step_size, rel_step_size, random_start
+        self.early_stop = bool(early_stop)
 
     def alpha(self, eps: float) -> float:
         return float(self.step_size) if self.step_size is not None else float(self.rel_step_size) * eps
@@ -70,6 +74,8 @@ class PGD(Attack):
                 logits = model(xa)
                 loss = attack_loss(self.loss, logits, y0)
                 fooled = logits.argmax(1) != y0
+                if not self.early_stop:  # run every step; the best iterate is the highest-loss one
+                    fooled = torch.zeros_like(fooled)
                 with torch.no_grad():
                     # record: first success wins; otherwise keep the highest-loss iterate
                     improve = (loss > best_loss[active]) & ~done[active]
@@ -86,4 +92,7 @@ class PGD(Attack):
                 with torch.no_grad():
                     active, x0, y0 = active[keep], x0[keep], y0[keep]
                     xa = project_linf(xa.detach()[keep] + alpha * grad.sign(), x0, eps)
+        if not self.early_stop and n:
+            with torch.no_grad():
+                done = model(best_x).argmax(1) != y
         return best_x.detach(), done

@@ -170,6 +170,7 @@ def _do_evaluate(ws: Workspace, db: str | None, entry_id: str, protocol_name: st
     from bench.checkpoints import resolve_model
     from bench.engine import EvalTarget, evaluate
     from bench.protocol import get_protocol
+    from bench.surrogates import WorkspaceSurrogates
 
     protocol = get_protocol(protocol_name)
     entry = _entry(ws, entry_id)
@@ -188,8 +189,10 @@ def _do_evaluate(ws: Workspace, db: str | None, entry_id: str, protocol_name: st
         def progress(label: str, eps: float, done: int, total: int) -> None:
             prog.update(task, completed=done, total=total, description=f"evaluate {entry_id}: {label}@{eps:.4g}")
 
+        surrogates = WorkspaceSurrogates(ws.checkpoints, ws.cache, protocol.dataset, lambda i: _entry(ws, i),
+                                         data_dir, device, on_train=lambda msg: prog.console.print(msg))
         run_id = evaluate(store, target, protocol, data_dir=data_dir, start=start, stop=stop, device=device,
-                          batch_size=batch_size, progress=progress)
+                          batch_size=batch_size, progress=progress, surrogates=surrogates)
     return run_id
 
 

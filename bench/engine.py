@@ -32,12 +32,12 @@ from attacks import make_attack
 from attacks.base import Attack, PassCounter
 from bench import code_version
 from bench.data import load_split
-from bench.errors import AttackContractError, BenchError
+from bench.errors import BenchError
+from bench.extras import run_extra
 from bench.protocol import CALIBRATION_SAMPLES, Protocol
 from bench.storage import Result, Stage, Store, packages_json
+from bench.verify import DetectorRule, check_bounds, has_detector, predict
 from registry.entry import Entry
-
-BALL_TOLERANCE = 1e-5  # float32 rounding of x + delta; anything larger is an attack bug
 
 ProgressFn = Callable[[str, float, int, int], None]
 AttackFactory = Callable[[str, dict, int], Attack]
@@ -58,34 +58,6 @@ def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     return f"cpu ({platform.machine()}, {torch.get_num_threads()} threads)"
-
-
-def _predict(model: nn.Module, x: torch.Tensor, bs: int) -> torch.Tensor:
-    with torch.no_grad():
-        if x.shape[0] == 0:
-            return torch.zeros(0, dtype=torch.long, device=x.device)
-        return torch.cat([model(x[i:i + bs]).argmax(1) for i in range(0, x.shape[0], bs)])
-
-
-@dataclass(frozen=True)
-class DetectorRule:
-    """A detector model and the run's threshold: rejected iff score > threshold."""
-
-    model: nn.Module
-    threshold: float
-
-    def scores(self, x: torch.Tensor, bs: int) -> torch.Tensor:
-        """Detector scores on CPU; NaN (undefined density) counts as maximally suspicious."""
-        if x.shape[0] == 0:
-            return torch.zeros(0)
-        with torch.no_grad():
-            s = torch.cat([self.model.detector_score(x[i:i + bs]).detach().float().cpu()
-                           for i in range(0, x.shape[0], bs)])
-        return torch.nan_to_num(s, nan=float("inf")).clamp(max=3.0e38)
-
-
-def has_detector(model: nn.Module) -> bool:
-    return callable(getattr(model, "detector_score", None))
 
 
 def calibrate_detector(store: Store, run_id: int, stored_json: str | None, protocol: Protocol, model: nn.Module,
@@ -127,8 +99,14 @@ def evaluate(
     store: Store, target: EvalTarget, protocol: Protocol, *, data_dir: str | None = None, start: int = 0,
     stop: int | None = None, device: str = "cpu", batch_size: int | None = None,
     progress: ProgressFn | None = None, attack_factory: AttackFactory = make_attack,
+    surrogates: object | None = None,
 ) -> int:
-    """Evaluate ``target`` under ``protocol`` on samples [start, stop); returns the run id."""
+    """Evaluate ``target`` under ``protocol`` on samples [start, stop); returns the run id.
+
+    The entry is attacked with the protocol's attacks plus the adaptive attacks it declares (see
+    :meth:`Protocol.for_entry`; a randomized entry gets EOT). ``surrogates`` provides the transfer
+    attacks' surrogate models (see :class:`bench.surrogates.WorkspaceSurrogates`).
+    """
     entry = target.entry
     if protocol.dataset not in entry.architectures:
         raise BenchError(f"entry {entry.id!r} declares no model for {protocol.dataset} "
@@ -137,9 +115,11 @@ def evaluate(
     x_all, y_all = load_split(protocol.dataset, protocol.split, data_dir)
     dev = torch.device(device)
     bs = batch_size or protocol.chunk_size
+    declared = tuple(entry.adaptive_attacks) + (("eot",) if entry.randomized else ())
+    applied = protocol.for_entry(declared)
     run = store.get_or_create_run(
         entry_id=entry.id, entry_name=entry.name, entry_version=entry.version, protocol=protocol.name,
-        fingerprint=protocol.fingerprint, protocol_json=protocol.canonical_json(),
+        fingerprint=protocol.fingerprint, protocol_json=protocol.run_json(applied),
         checkpoint_sha256=target.weights_sha256, budget=target.budget, train_seed=target.train_seed,
         code_version=code_version(), packages=packages_json(), device=device_name(dev),
         n_samples=protocol.n_samples,
@@ -150,14 +130,24 @@ def evaluate(
                 if has_detector(target.model) else None)
     # channels_last: 20-30% faster convolutions on CPU; a no-op for models without 4-D weights.
     model = PassCounter(target.model.to(dev).to(memory_format=torch.channels_last).eval())
-    stages = [("clean", 0.0)] + protocol.stages()
-    total = len(stages) * len(range(start, stop, protocol.chunk_size))
+
+    def make(kind: str, params: dict, seed: int) -> Attack:
+        attack = attack_factory(kind, params, seed)
+        if hasattr(attack, "bind") and surrogates is not None:
+            attack.bind(surrogates)  # transfer attacks: the workspace's surrogate models and cache
+        if hasattr(attack, "bind_detector_threshold") and detector is not None:
+            attack.bind_detector_threshold(detector.threshold)
+        return attack
+
+    stages = [("clean", 0.0)] + applied.stages()
+    total = (len(stages) + len(applied.extras)) * len(range(start, stop, protocol.chunk_size))
     finished = 0
     for c0 in range(start, stop, protocol.chunk_size):
         c1 = min(c0 + protocol.chunk_size, stop)
         ids = torch.arange(c0, c1)
         x, y = x_all[c0:c1].to(dev), y_all[c0:c1].to(dev)
         robust = torch.zeros(c1 - c0, dtype=torch.bool)
+        state: dict[float, torch.Tensor] = {}  # robust flags after the clean pass (key -1) and after each eps
         for label, eps in stages:
             if (label, eps, c0) in done:
                 rows = store.rows_for(run.id, label, eps, ids.tolist())
@@ -165,12 +155,23 @@ def evaluate(
                     raise BenchError(f"run {run.id}: stage {label}@{eps} chunk {c0} is incomplete in the database")
                 robust = torch.tensor([r.robust_after for r in rows])
             else:
-                spec = None if label == "clean" else protocol.spec(label)
+                spec = None if label == "clean" else applied.spec(label)
                 robust = _run_stage(store, run.id, protocol, model, label, eps, spec, x, y, ids, robust,
-                                    bs, attack_factory, detector)
+                                    bs, make, detector)
+            state[-1.0 if label == "clean" else eps] = robust.clone()
             finished += 1
             if progress is not None:
                 progress(label, eps, finished, total)
+        for extra in applied.extras:
+            if (extra.label, extra.row_eps, c0) not in done:
+                base = state[-1.0] if extra.on == "clean-correct" else state.get(float(extra.eps or 0.0))
+                if base is None:
+                    raise BenchError(f"{protocol.name}: extra {extra.label} needs survivors at eps {extra.eps}, "
+                                     "which is not on the grid")
+                run_extra(store, run.id, protocol, model, extra, x, y, ids, base, bs, make, detector)
+            finished += 1
+            if progress is not None:
+                progress(extra.label, extra.row_eps, finished, total)
     return run.id
 
 
@@ -182,7 +183,7 @@ def _run_stage(store: Store, run_id: int, protocol: Protocol, model: PassCounter
     n = x.shape[0]
     fp = protocol.fingerprint
     if label == "clean":
-        pred = _predict(model, x, bs).cpu()
+        pred = predict(model, x, bs).cpu()
         correct = pred == y.cpu()
         score: list[float | None] = [None] * n
         rejected: list[bool | None] = [None] * n
@@ -218,9 +219,9 @@ def _run_stage(store: Store, run_id: int, protocol: Protocol, model: PassCounter
         out = attack.run(model, xs, ys, [eps], sample_ids=ids[idx], batch_size=bs)
         n_fwd, n_bwd = model.reset()
         x_adv = out.x_adv[0].detach().to(x.device)
-        _check_bounds(x_adv, xs, eps, label)
+        check_bounds(x_adv, xs, eps, label)
         linf = (x_adv - xs).abs().flatten(1).amax(1).cpu()
-        pred = _predict(model, x_adv, bs).cpu()
+        pred = predict(model, x_adv, bs).cpu()
         broke = pred != ys.cpu()
         if detector is not None:
             sc = detector.scores(x_adv, bs)
@@ -245,15 +246,3 @@ def _run_stage(store: Store, run_id: int, protocol: Protocol, model: PassCounter
     if not store.write_stage(stage, rows, stage.seconds):  # stored meanwhile by a concurrent slice
         return torch.tensor([r.robust_after for r in store.rows_for(run_id, label, eps, ids.tolist())])
     return robust_after
-
-
-def _check_bounds(x_adv: torch.Tensor, x: torch.Tensor, eps: float, label: str) -> None:
-    if x_adv.shape != x.shape:
-        raise AttackContractError(f"{label}: returned shape {tuple(x_adv.shape)} for inputs {tuple(x.shape)}")
-    if not torch.isfinite(x_adv).all():
-        raise AttackContractError(f"{label}: returned non-finite inputs")
-    if float(x_adv.min()) < 0.0 or float(x_adv.max()) > 1.0:
-        raise AttackContractError(f"{label}: returned inputs outside the [0, 1] box")
-    dist = float((x_adv - x).abs().max()) if x.numel() else 0.0
-    if dist > eps + BALL_TOLERANCE:
-        raise AttackContractError(f"{label}: returned an input at L-inf distance {dist:.6g} > eps {eps:.6g}")

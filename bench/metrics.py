@@ -43,6 +43,40 @@ class CellStats:
 
 
 @dataclass
+class ExtraStats:
+    """An attack outside the cascade: a probe's accuracy, or a minimum-norm / L0 attack's distances."""
+
+    label: str
+    mode: str
+    eps: float
+    norm: str  # the distance reported: 'l2', 'linf' or 'l0'
+    n: int  # samples in its range
+    attacked: int
+    broken: int
+    robust: int
+    distances: list[float]  # of the successful samples, ascending
+    seconds: float = 0.0
+
+    @property
+    def accuracy(self) -> float:
+        """Share of the samples in range that are correct and survive it (probes)."""
+        return 100.0 * self.robust / self.n if self.n else float("nan")
+
+    def quantile(self, q: float) -> float | None:
+        if not self.distances:
+            return None
+        return self.distances[min(len(self.distances) - 1, int(q * len(self.distances)))]
+
+
+def distance_norm(extra: dict) -> str:
+    if extra["mode"] == "l0":
+        return "l0"
+    if extra["mode"] == "probe" or extra["kind"].startswith("fab") and extra["params"].get("norm", "Linf") == "Linf":
+        return "linf"
+    return "l2"
+
+
+@dataclass
 class RunSummary:
     run: Run
     protocol: dict
@@ -54,6 +88,14 @@ class RunSummary:
     detector: dict | None = None
     clean_rejected: int = 0
     detection_auc: dict[tuple[str, float], tuple[float, int, int]] = field(default_factory=dict)
+    extras: dict[str, ExtraStats] = field(default_factory=dict)
+
+    @property
+    def adaptive_applied(self) -> list[str]:
+        return list(self.protocol.get("adaptive_applied", []))
+
+    def extras_by_mode(self, mode: str) -> list[ExtraStats]:
+        return [e for e in self.extras.values() if e.mode == mode]
 
     @property
     def clean_rejection_rate(self) -> float | None:
@@ -90,9 +132,13 @@ def summarize(store: Store, run: Run) -> RunSummary:
     rows: list[Result] = store.results(run.id)
     protocol = json.loads(run.protocol_json)
     clean = [r for r in rows if r.attack == "clean"]
+    extra_specs = {e["label"]: e for e in protocol.get("extras", [])}
     by_cell: dict[tuple[str, float], list[Result]] = defaultdict(list)
+    by_extra: dict[str, list[Result]] = defaultdict(list)
     for r in rows:
-        if r.attack != "clean":
+        if r.attack in extra_specs:
+            by_extra[r.attack].append(r)
+        elif r.attack != "clean":
             by_cell[(r.attack, r.eps)].append(r)
     stages = defaultdict(lambda: [0.0, 0, 0])
     for s in store.stages(run.id):
@@ -109,6 +155,16 @@ def summarize(store: Store, run: Run) -> RunSummary:
             n_forward=nf, n_backward=nb,
             broken_by=dict(Counter(r.detail for r in rs if r.success and r.detail)),
         )
+    extras: dict[str, ExtraStats] = {}
+    for label, spec in extra_specs.items():
+        rs = by_extra.get(label, [])
+        norm = distance_norm(spec)
+        eps = float(spec["eps"]) if spec.get("eps") is not None else 0.0
+        extras[label] = ExtraStats(
+            label=label, mode=spec["mode"], eps=eps, norm=norm, n=len(rs), attacked=sum(r.attacked for r in rs),
+            broken=sum(r.success for r in rs), robust=sum(r.robust_after for r in rs),
+            distances=sorted(float(getattr(r, norm)) for r in rs if r.success and getattr(r, norm) is not None),
+            seconds=stages.get((label, eps), [0.0])[0])
     worst: dict[float, float] = {}
     labels = [a["label"] for a in protocol["attacks"]]
     for eps in protocol["epsilons"]:
@@ -125,14 +181,15 @@ def summarize(store: Store, run: Run) -> RunSummary:
     auc: dict[tuple[str, float], tuple[float, int, int]] = {}
     if detector is not None:
         negatives = [r.score for r in clean if r.pred == r.label and r.score is not None]
-        for key, rs in by_cell.items():
+        for key, rs in [*by_cell.items(), *(((k, extras[k].eps), v) for k, v in by_extra.items())]:
             positives = [r.score for r in rs if r.attacked and r.pred is not None and r.pred != r.label
                          and r.score is not None]
             if positives and negatives:
                 auc[key] = (100.0 * roc_auc(positives, negatives), len(positives), len(negatives))
     return RunSummary(run=run, protocol=protocol, n_evaluated=len(clean),
                       clean_correct=sum(r.robust_after for r in clean), cells=cells, worst=worst, complete=complete,
-                      detector=detector, clean_rejected=sum(bool(r.rejected) for r in clean), detection_auc=auc)
+                      detector=detector, clean_rejected=sum(bool(r.rejected) for r in clean), detection_auc=auc,
+                      extras=extras)
 
 
 def roc_auc(positives: list[float], negatives: list[float]) -> float:

@@ -34,5 +34,10 @@ class Workspace:
         return self.root / "submissions"
 
     @property
+    def cache(self) -> Path:
+        """Reusable attack artefacts (transfer attacks' adversarial inputs)."""
+        return self.root / "cache"
+
+    @property
     def site(self) -> Path:
         return self.root / "site"

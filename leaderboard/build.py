@@ -104,7 +104,8 @@ def build_site(store: Store, out: Path, entries: dict[str, Entry]) -> Path:
             "aa_all": all(a["at"] == "all" for a in proto["attacks"] if a["kind"] == "autoattack"),
         })
     meta = {"generated": now(), "code_version": code_version(), "db": store.url.rsplit("/", 1)[-1]}
-    (out / "index.html").write_text(env.get_template("index.html").render(tables=tables, meta=meta))
+    compare = compare_protocols(summaries)
+    (out / "index.html").write_text(env.get_template("index.html").render(tables=tables, meta=meta, compare=compare))
     for s in summaries:
         entry = entries.get(s.run.entry_id)
         dataset = s.protocol["dataset"]
@@ -116,6 +117,25 @@ def build_site(store: Store, out: Path, entries: dict[str, Entry]) -> Path:
         )
         (out / "runs" / f"{run_slug(s)}.html").write_text(page)
     return out / "index.html"
+
+
+def compare_protocols(summaries: list[RunSummary]) -> list[dict]:
+    """Per dataset with runs under several protocols (v1 and v2): each entry's worst case at the primary
+    eps under each, side by side (the latest run per entry and protocol)."""
+    out = []
+    datasets = sorted({s.protocol["dataset"] for s in summaries})
+    for ds in datasets:
+        runs = [s for s in summaries if s.protocol["dataset"] == ds]
+        names = sorted({s.run.protocol for s in runs})
+        if len(names) < 2:
+            continue
+        cells: dict[str, dict[str, RunSummary]] = {}
+        for s in runs:
+            cells.setdefault(s.run.entry_id, {})[s.run.protocol] = s
+        rows = [{"entry": e, "by": {n: (by[n].worst.get(by[n].primary_eps) if n in by else None) for n in names},
+                 "slugs": {n: run_slug(by[n]) for n in by}} for e, by in sorted(cells.items())]
+        out.append({"dataset": ds, "names": names, "rows": rows})
+    return out
 
 
 def _claim_diff(s: RunSummary, c: Claim) -> float | None:

@@ -245,5 +245,23 @@ DYNAMIC_ENTRY = Entry(
           "(the Dynamic paper's schedule is not in our papers folder).",
 )
 
-BUILTIN_ENTRIES: tuple[Entry, ...] = (STANDARD, MADRY_AT, PAT, TRADES_ENTRY, MART_ENTRY, MMA_ENTRY, DYNAMIC_ENTRY)
+SURROGATE_PGD = Entry(
+    id="surrogate-pgd",
+    name="Transfer surrogate: PGD-AT on another architecture",
+    description="The benchmark's own PGD-trained surrogate for the v2 protocols' transfer attacks (with the "
+                "standard entry as the undefended one): Madry PGD-AT on the TRADES small CNN (MNIST) and PreAct "
+                "ResNet-18 (CIFAR-10), architectures that differ from the standard surrogate's.",
+    paper=MADRY, kind="adversarial-training",
+    architectures={"mnist": "small-cnn", "cifar10": "preact-resnet18"},
+    recipe=Recipe("madry", {}, {
+        "mnist": {"paper": MADRY_AT.recipe.budget("mnist", "paper"),  # type: ignore[union-attr, dict-item]
+                  "quick": _quick_mnist(epochs=0.5, steps=3, step=0.12, lr=4e-3), "tiny": _TINY},
+        "cifar10": {"paper": _cifar_at("MART paper (002) section 4.2, as its 'Standard' AT baseline")},
+    }),
+    notes="Papers transfer from a model of another architecture trained on the same data (uncertainty paper "
+          "section 5, MART paper section 4.2); which one is ours.",
+)
+
+BUILTIN_ENTRIES: tuple[Entry, ...] = (STANDARD, MADRY_AT, PAT, TRADES_ENTRY, MART_ENTRY, MMA_ENTRY, DYNAMIC_ENTRY,
+                                      SURROGATE_PGD)
 DEMO_ENTRIES: tuple[str, ...] = ("standard", "madry-pgd-at", "trades", "mart")

@@ -1,0 +1,58 @@
+"""Engine-side checks shared by every stage: predictions, the ball-and-box contract, the detector rule.
+
+The engine never trusts an attack's own verdict: it checks the returned inputs (shape, finite,
+[0, 1] box, L-inf ball) and re-runs the model (and the detector, for detector entries).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from bench.errors import AttackContractError
+
+BALL_TOLERANCE = 1e-5  # float32 rounding of x + delta; anything larger is an attack bug
+
+
+def predict(model: nn.Module, x: torch.Tensor, bs: int) -> torch.Tensor:
+    with torch.no_grad():
+        if x.shape[0] == 0:
+            return torch.zeros(0, dtype=torch.long, device=x.device)
+        return torch.cat([model(x[i:i + bs]).argmax(1) for i in range(0, x.shape[0], bs)])
+
+
+@dataclass(frozen=True)
+class DetectorRule:
+    """A detector model and the run's threshold: rejected iff score > threshold."""
+
+    model: nn.Module
+    threshold: float
+
+    def scores(self, x: torch.Tensor, bs: int) -> torch.Tensor:
+        """Detector scores on CPU; NaN (undefined density) counts as maximally suspicious."""
+        if x.shape[0] == 0:
+            return torch.zeros(0)
+        with torch.no_grad():
+            s = torch.cat([self.model.detector_score(x[i:i + bs]).detach().float().cpu()
+                           for i in range(0, x.shape[0], bs)])
+        return torch.nan_to_num(s, nan=float("inf")).clamp(max=3.0e38)
+
+
+def has_detector(model: nn.Module) -> bool:
+    return callable(getattr(model, "detector_score", None))
+
+
+def check_bounds(x_adv: torch.Tensor, x: torch.Tensor, eps: float | None, label: str) -> None:
+    if x_adv.shape != x.shape:
+        raise AttackContractError(f"{label}: returned shape {tuple(x_adv.shape)} for inputs {tuple(x.shape)}")
+    if not torch.isfinite(x_adv).all():
+        raise AttackContractError(f"{label}: returned non-finite inputs")
+    if float(x_adv.min()) < 0.0 or float(x_adv.max()) > 1.0:
+        raise AttackContractError(f"{label}: returned inputs outside the [0, 1] box")
+    if eps is None:  # min-norm and L0 attacks: the box only
+        return
+    dist = float((x_adv - x).abs().max()) if x.numel() else 0.0
+    if dist > eps + BALL_TOLERANCE:
+        raise AttackContractError(f"{label}: returned an input at L-inf distance {dist:.6g} > eps {eps:.6g}")
