@@ -21,9 +21,9 @@ from tests.conftest import Linear, small_protocol
 
 PINNED_V2 = {
     "mnist-linf-v2": "ee11f76957da70f6",
-    "mnist-linf-quick-v2": "b7f0aef849853950",
+    "mnist-linf-quick-v2": "d3f8cc8dcd7865e5",
     "cifar10-linf-v2": "3ca7393b1dbc3a2d",
-    "cifar10-linf-quick-v2": "ae1fa76df222324e",
+    "cifar10-linf-quick-v2": "4b0b6a2e7622f63f",
 }
 
 
