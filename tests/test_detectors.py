@@ -147,6 +147,7 @@ def test_detected_adversarial_inputs_do_not_count_as_successes(tmp_path: Path, l
     run_id = evaluate(store, EvalTarget(get_entry("ce-kd"), det, "linear-conf-test", "test", 0), small_protocol())
     rows = [r for r in store.results(run_id) if r.attack != "clean" and r.attacked]
     fooled_but_rejected = [r for r in rows if r.pred != r.label and r.rejected]
+    assert fooled_but_rejected, "the test needs detected adversarial inputs"
     assert all(not r.success and r.robust_after for r in fooled_but_rejected)
 
 
