@@ -108,6 +108,29 @@ def project_linf(x_adv: torch.Tensor, x: torch.Tensor, eps: float) -> torch.Tens
     return torch.minimum(torch.maximum(x_adv, x - eps), x + eps).clamp_(0.0, 1.0)
 
 
+def find_detector(model: nn.Module) -> nn.Module | None:
+    """The first of model, model.model, ... (PassCounter and other wrappers) with a callable ``detector_score``."""
+    seen: set[int] = set()
+    m: object = model
+    while m is not None and id(m) not in seen:
+        if callable(getattr(m, "detector_score", None)):
+            return m  # type: ignore[return-value]
+        seen.add(id(m))
+        m = getattr(m, "model", None)
+    return None
+
+
+def run_in_batches(x: torch.Tensor, y: torch.Tensor, epsilons: Sequence[float], ids: torch.Tensor, bs: int,
+                   attack_batch) -> AttackOutput:
+    """Stack ``attack_batch(x_b, y_b, eps, ids_b) -> (x_adv_b, success_b)`` over epsilons and batches of ``bs``."""
+    advs, succs = [], []
+    for eps in epsilons:
+        parts = [attack_batch(x[s:s + bs], y[s:s + bs], float(eps), ids[s:s + bs]) for s in range(0, x.shape[0], bs)]
+        advs.append(torch.cat([p[0] for p in parts]) if parts else x.clone())
+        succs.append(torch.cat([p[1] for p in parts]) if parts else torch.zeros(0, dtype=torch.bool, device=x.device))
+    return AttackOutput(x_adv=torch.stack(advs), success=torch.stack(succs))
+
+
 class Attack(ABC):
     """Base class: hyperparameters and a seed at construction, the model at each call."""
 

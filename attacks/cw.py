@@ -42,23 +42,11 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import nn
 
-from attacks.base import Attack, AttackOutput, margin_loss
+from attacks.base import Attack, AttackOutput, find_detector, margin_loss
 from attacks.min_norm import MinNormOutput, to_linf_output
 
 _BETA1, _BETA2, _ADAM_EPS = 0.9, 0.999, 1e-8
 _NO_UPPER = 1e10  # C&W's "no upper bound on c yet"
-
-
-def find_detector(model: nn.Module) -> nn.Module | None:
-    """The first of model, model.model, model.model.model, ... that has ``detector_score``."""
-    seen: set[int] = set()
-    m: object = model
-    while m is not None and id(m) not in seen:
-        if callable(getattr(m, "detector_score", None)):
-            return m  # type: ignore[return-value]
-        seen.add(id(m))
-        m = getattr(m, "model", None)
-    return None
 
 
 class CarliniWagnerL2(Attack):

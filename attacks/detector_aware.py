@@ -59,6 +59,7 @@ import torch
 from torch import nn
 
 from attacks.base import Attack, AttackOutput, margin_loss, per_sample_uniform, project_linf
+from attacks.base import find_detector as base_find_detector
 
 DEFAULT_REL_STEP = 0.1
 PENALTY_CAP = 1.0e20
@@ -66,14 +67,10 @@ PENALTY_CAP = 1.0e20
 
 def find_detector(model: nn.Module) -> nn.Module:
     """The first module in the ``.model`` chain (starting at ``model``) with a callable ``detector_score``."""
-    seen: set[int] = set()
-    m: object = model
-    while m is not None and id(m) not in seen:
-        if callable(getattr(m, "detector_score", None)):
-            return m  # type: ignore[return-value]
-        seen.add(id(m))
-        m = getattr(m, "model", None)
-    raise ValueError("detector-aware-pgd needs a model with a detector_score (searched through .model wrappers)")
+    found = base_find_detector(model)
+    if found is None:
+        raise ValueError("detector-aware-pgd needs a model with a detector_score (searched through .model wrappers)")
+    return found
 
 
 class DetectorAwarePGD(Attack):

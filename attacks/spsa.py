@@ -26,7 +26,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from attacks.base import Attack, AttackOutput, derive_seed, margin_loss, project_linf
+from attacks.base import Attack, AttackOutput, derive_seed, margin_loss, project_linf, run_in_batches
 from attacks.random_search import forward_chunks
 
 BETAS = (0.9, 0.999)
@@ -50,15 +50,8 @@ class SPSA(Attack):
             sample_ids: torch.Tensor | None = None, batch_size: int | None = None) -> AttackOutput:
         ids = self._ids(x, sample_ids)
         bs = batch_size or max(x.shape[0], 1)
-        advs, succs = [], []
         with torch.no_grad():
-            for eps in epsilons:
-                parts = [self._attack(model, x[s:s + bs], y[s:s + bs], float(eps), ids[s:s + bs])
-                         for s in range(0, x.shape[0], bs)]
-                advs.append(torch.cat([p[0] for p in parts]) if parts else x.clone())
-                succs.append(torch.cat([p[1] for p in parts]) if parts
-                             else torch.zeros(0, dtype=torch.bool, device=x.device))
-        return AttackOutput(x_adv=torch.stack(advs), success=torch.stack(succs))
+            return run_in_batches(x, y, epsilons, ids, bs, lambda xb, yb, eps, ib: self._attack(model, xb, yb, eps, ib))
 
     def _attack(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float,
                 ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
