@@ -188,8 +188,7 @@ def _run_stage(store: Store, run_id: int, protocol: Protocol, model: PassCounter
         score: list[float | None] = [None] * n
         rejected: list[bool | None] = [None] * n
         if detector is not None:
-            sc = detector.scores(x, bs)
-            rej = sc > detector.threshold
+            sc, rej = detector.judge(x, bs)
             correct &= ~rej  # a rejected clean input is an error
             score, rejected = [float(v) for v in sc], [bool(v) for v in rej]
         rows = [Result(run_id=run_id, fingerprint=fp, attack="clean", eps=0.0, sample=int(s), label=int(t),
@@ -224,8 +223,7 @@ def _run_stage(store: Store, run_id: int, protocol: Protocol, model: PassCounter
         pred = predict(model, x_adv, bs).cpu()
         broke = pred != ys.cpu()
         if detector is not None:
-            sc = detector.scores(x_adv, bs)
-            rej = sc > detector.threshold
+            sc, rej = detector.judge(x_adv, bs)
             broke &= ~rej  # a detected adversarial input is not a success
             for j, i in enumerate(idx.tolist()):
                 score_all[i], rejected_all[i] = float(sc[j]), bool(rej[j])

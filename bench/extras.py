@@ -72,8 +72,7 @@ def run_extra(store: Store, run_id: int, protocol: Protocol, model: PassCounter,
         pred = predict(model, x_adv, bs).cpu()
         broke = pred != ys.cpu()
         if detector is not None:
-            sc = detector.scores(x_adv, bs)
-            rej = sc > detector.threshold
+            sc, rej = detector.judge(x_adv, bs)
             broke &= ~rej
             for j, i in enumerate(idx.tolist()):
                 score_all[i], rejected_all[i] = float(sc[j]), bool(rej[j])

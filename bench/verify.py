@@ -30,6 +30,11 @@ class DetectorRule:
     model: nn.Module
     threshold: float
 
+    def judge(self, x: torch.Tensor, bs: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(scores, rejected) for inputs x: the rule every stage applies."""
+        sc = self.scores(x, bs)
+        return sc, sc > self.threshold
+
     def scores(self, x: torch.Tensor, bs: int) -> torch.Tensor:
         """Detector scores on CPU; NaN (undefined density) counts as maximally suspicious."""
         if x.shape[0] == 0:
