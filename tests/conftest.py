@@ -82,6 +82,40 @@ def small_protocol(n: int = 60, chunk: int = 20, eps: tuple[float, ...] = (0.0, 
     )
 
 
+QUANT_LEVELS = 8
+
+
+class Quantised(nn.Module):
+    """Linear classifier on inputs rounded to QUANT_LEVELS + 1 grey levels: zero input gradient everywhere."""
+
+    def __init__(self, linear: Linear) -> None:
+        super().__init__()
+        self.linear = linear
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear(torch.round(x * QUANT_LEVELS) / QUANT_LEVELS)
+
+
+def masked_problem(seed: int = 0, n: int = 60, side: int = 8) -> tuple[Quantised, Linear, torch.Tensor, torch.Tensor]:
+    """A gradient-masked binary model, inputs on its grid, and labels it gets right at eps 0."""
+    g = torch.Generator().manual_seed(seed)
+    linear = Linear(torch.randn(2, side * side, generator=g), torch.zeros(2))
+    x = torch.randint(0, QUANT_LEVELS + 1, (n, 1, side, side), generator=g).float() / QUANT_LEVELS
+    model = Quantised(linear).eval()
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    return model, linear, x, y
+
+
+@pytest.fixture
+def one_thread():
+    """Attacks making many tiny passes: one thread avoids OpenMP contention on a busy 2-core machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 class EscapingAttack:
     """A buggy attack that returns inputs outside the epsilon ball."""
 

@@ -19,41 +19,14 @@ from attacks.pgd import PGD
 from attacks.random_search import RandomSearch
 from attacks.spsa import SPSA
 from attacks.square import SquareAttack
-from tests.conftest import Linear, optimal_margin
+from tests.conftest import QUANT_LEVELS as LEVELS
+from tests.conftest import Linear, masked_problem, optimal_margin
 
-LEVELS = 8
 EPS = 2 / LEVELS  # a grid multiple: exact in float
 BORDER = 1e-3
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """These attacks make many tiny forward passes: one thread avoids OpenMP contention on a busy machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-class Quantised(nn.Module):
-    """Linear classifier on inputs rounded to LEVELS + 1 grey levels: zero input gradient everywhere."""
-
-    def __init__(self, linear: Linear) -> None:
-        super().__init__()
-        self.linear = linear
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.linear(torch.round(x * LEVELS) / LEVELS)
-
-
-def _masked(seed: int = 0, n: int = 60, side: int = 8) -> tuple[Quantised, Linear, torch.Tensor, torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    linear = Linear(torch.randn(2, side * side, generator=g), torch.zeros(2))
-    x = torch.randint(0, LEVELS + 1, (n, 1, side, side), generator=g).float() / LEVELS
-    model = Quantised(linear).eval()
-    with torch.no_grad():
-        y = model(x).argmax(1)  # every sample correct at eps 0
-    return model, linear, x, y
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _binary(seed: int = 0, n: int = 60, side: int = 8) -> tuple[Linear, torch.Tensor, torch.Tensor]:
@@ -81,7 +54,7 @@ QUICK = {  # smaller budgets for the contract tests
 
 
 def test_masked_model_has_zero_gradient_and_pgd_cannot_move() -> None:
-    model, linear, x, y = _masked()
+    model, linear, x, y = masked_problem()
     xg = x.clone().requires_grad_(True)
     nn.functional.cross_entropy(model(xg), y).backward()
     assert torch.count_nonzero(xg.grad) == 0
@@ -94,7 +67,7 @@ def test_masked_model_has_zero_gradient_and_pgd_cannot_move() -> None:
 
 @pytest.mark.parametrize("kind", sorted(GRADIENT_FREE))
 def test_gradient_free_attacks_break_the_masked_model(kind: str) -> None:
-    model, linear, x, y = _masked()
+    model, linear, x, y = masked_problem()
     pgd = PGD(loss="cw", steps=10, rel_step_size=0.25, random_start=False, seed=0).run(model, x, y, [EPS])
     pgd_broken = model(pgd.x_adv[0]).argmax(1) != y
     out = GRADIENT_FREE[kind]().run(model, x, y, [EPS])
@@ -164,7 +137,7 @@ def test_hopskipjump_approaches_the_minimal_distance() -> None:
 
 def test_hopskipjump_respects_query_budget() -> None:
     """Per sample: at most max_queries model inputs, plus one check per epsilon whose point is projected."""
-    model, _, x, y = _masked(4, n=6)
+    model, _, x, y = masked_problem(4, n=6)
     budget, epsilons = 200, [0.0, 1 / 8, 2 / 8]
     counter = PassCounter(model)
     for i in range(len(y)):
@@ -199,7 +172,7 @@ def test_outputs_stay_in_ball_and_box(kind: str) -> None:
 
 @pytest.mark.parametrize("kind", ["random-search", "hopskipjump", "spsa"])
 def test_seeded_and_independent_of_batch(kind: str) -> None:
-    model, _, x, y = _masked(6, n=12)
+    model, _, x, y = masked_problem(6, n=12)
     ids = torch.arange(100, 112)
     attack = QUICK[kind]()
     a = attack.run(model, x, y, [1 / 8], sample_ids=ids)
@@ -214,7 +187,7 @@ def test_seeded_and_independent_of_batch(kind: str) -> None:
 
 @pytest.mark.parametrize("kind", sorted(QUICK))
 def test_deterministic_and_leaves_global_rng_alone(kind: str) -> None:
-    model, _, x, y = _masked(7, n=16)
+    model, _, x, y = masked_problem(7, n=16)
     torch.manual_seed(123)
     before = torch.rand(3)
     torch.manual_seed(123)

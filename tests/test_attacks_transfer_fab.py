@@ -22,40 +22,13 @@ from attacks.base import PassCounter
 from attacks.fab import FABMinNorm
 from attacks.pgd import PGD
 from attacks.transfer import SurrogateProvider, Transfer
-from tests.conftest import Linear, optimal_margin
+from tests.conftest import QUANT_LEVELS as LEVELS
+from tests.conftest import Linear, masked_problem, optimal_margin
 
-LEVELS = 8
 EPS = 2 / LEVELS  # a grid multiple: exact in float
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Many tiny passes: one thread avoids OpenMP contention on a busy machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-class Quantised(nn.Module):
-    """Linear classifier on inputs rounded to LEVELS + 1 grey levels: zero input gradient everywhere."""
-
-    def __init__(self, linear: Linear) -> None:
-        super().__init__()
-        self.linear = linear
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.linear(torch.round(x * LEVELS) / LEVELS)
-
-
-def _masked(seed: int = 0, n: int = 60, side: int = 8) -> tuple[Quantised, Linear, torch.Tensor, torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    linear = Linear(torch.randn(2, side * side, generator=g), torch.zeros(2))
-    x = torch.randint(0, LEVELS + 1, (n, 1, side, side), generator=g).float() / LEVELS
-    model = Quantised(linear).eval()
-    with torch.no_grad():
-        y = model(x).argmax(1)
-    return model, linear, x, y
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _nearby(linear: Linear, seed: int = 1, noise: float = 0.3) -> Linear:
@@ -86,7 +59,7 @@ def _transfer(**kw) -> Transfer:
 
 
 def test_transfer_never_calls_the_target(tmp_path: Path) -> None:
-    model, linear, x, y = _masked(n=20)
+    model, linear, x, y = masked_problem(n=20)
     provider = FakeProvider(_nearby(linear), tmp_path)
     assert isinstance(provider, SurrogateProvider)
     target = PassCounter(model)
@@ -101,7 +74,7 @@ def test_transfer_never_calls_the_target(tmp_path: Path) -> None:
 
 
 def test_transfer_without_provider_raises() -> None:
-    model, _, x, y = _masked(n=4)
+    model, _, x, y = masked_problem(n=4)
     with pytest.raises(ValueError, match="no surrogate provider bound"):
         _transfer().run(model, x, y, [EPS])
     with pytest.raises(ValueError, match="unknown inner attack"):
@@ -109,7 +82,7 @@ def test_transfer_without_provider_raises() -> None:
 
 
 def test_transfer_cache_is_reused_across_targets_and_survives_corruption(tmp_path: Path) -> None:
-    model, linear, x, y = _masked(n=30)
+    model, linear, x, y = masked_problem(n=30)
     provider = FakeProvider(_nearby(linear), tmp_path)
     first = _transfer().bind(provider).run(model, x, y, [EPS / 2, EPS])
     files = sorted(tmp_path.glob("transfer-*.pt"))
@@ -153,7 +126,7 @@ def test_transfer_cache_is_reused_across_targets_and_survives_corruption(tmp_pat
 ])
 def test_transfer_breaks_a_zero_gradient_model_that_pgd_cannot(tmp_path: Path, noise: float, inner_kind: str,
                                                                 params: dict | None, min_recall: float) -> None:
-    model, linear, x, y = _masked(n=60)
+    model, linear, x, y = masked_problem(n=60)
     xg = x.clone().requires_grad_(True)
     nn.functional.cross_entropy(model(xg), y).backward()
     assert torch.count_nonzero(xg.grad) == 0
