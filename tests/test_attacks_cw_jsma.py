@@ -7,8 +7,6 @@ min_j (z_y - z_j + kappa) / ||w_y - w_j|| (valid where the minimiser stays insid
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 import torch
 from torch import nn
@@ -18,14 +16,7 @@ from attacks.cw import CarliniWagnerHC, CarliniWagnerL2, CarliniWagnerWB
 from attacks.jsma import JSMA
 from tests.conftest import Linear
 
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    """These attacks run thousands of tiny steps: one thread avoids OpenMP contention on a shared CPU."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _linear(k: int, n: int, seed: int = 0, scale: float = 0.5) -> tuple[Linear, torch.Tensor, torch.Tensor]:
