@@ -15,11 +15,12 @@ Example: ``PGD(steps=40, step_size=0.01).run(model, x, y, [0.1, 0.3])``.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import partial
 
 import torch
 from torch import nn
 
-from attacks.base import Attack, AttackOutput, attack_loss, per_sample_uniform, project_linf
+from attacks.base import Attack, AttackOutput, attack_loss, per_sample_uniform, project_linf, run_in_batches
 
 
 class PGD(Attack):
@@ -44,16 +45,10 @@ class PGD(Attack):
             sample_ids: torch.Tensor | None = None, batch_size: int | None = None) -> AttackOutput:
         ids = self._ids(x, sample_ids)
         bs = batch_size or max(x.shape[0], 1)
-        advs, succs = [], []
-        for k, eps in enumerate(epsilons):
-            parts = [self._attack_batch(model, x[s:s + bs], y[s:s + bs], float(eps), ids[s:s + bs], k)
-                     for s in range(0, x.shape[0], bs)]
-            advs.append(torch.cat([p[0] for p in parts]) if parts else x.clone())
-            succs.append(torch.cat([p[1] for p in parts]) if parts else torch.zeros(0, dtype=torch.bool))
-        return AttackOutput(x_adv=torch.stack(advs), success=torch.stack(succs))
+        return run_in_batches(x, y, epsilons, ids, bs, partial(self._attack_batch, model))
 
     def _attack_batch(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float,
-                      ids: torch.Tensor, eps_index: int) -> tuple[torch.Tensor, torch.Tensor]:
+                      ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         n = x.shape[0]
         best_x = x.clone()
         best_loss = torch.full((n,), float("-inf"), device=x.device)
