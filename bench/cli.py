@@ -164,25 +164,34 @@ def train(
     _do_train(_ws(home), entry, dataset, budget, seed, data_dir, _check_device(device), force)
 
 
-def _do_evaluate(ws: Workspace, db: str | None, entry_id: str, protocol_name: str, budget: str, seed: int,
-                 checkpoint: str | None, data_dir: str | None, device: str, start: int, stop: int | None,
-                 batch_size: int | None) -> int:
+def _resolve_target(ws: Workspace, entry_id: str, protocol_name: str, budget: str, seed: int,
+                    checkpoint: str | None) -> tuple[Any, Any]:
+    """The protocol and the evaluated model (an EvalTarget) of an entry's checkpoint."""
     from bench.checkpoints import resolve_model
-    from bench.engine import EvalTarget, evaluate
+    from bench.engine import EvalTarget
     from bench.protocol import get_protocol
-    from bench.surrogates import WorkspaceSurrogates
 
     protocol = get_protocol(protocol_name)
     entry = _entry(ws, entry_id)
     if protocol.dataset not in entry.architectures:
         raise BenchError(f"entry {entry_id!r} declares no model for {protocol.dataset}")
-    if batch_size is not None and batch_size < 1:
-        raise BenchError("--batch-size must be >= 1")
     model, sha, meta = resolve_model(entry, protocol.dataset, budget, seed, ws.checkpoints,
                                      Path(checkpoint) if checkpoint else None, lambda i: _entry(ws, i))
-    store = _store(ws, db)
     target = EvalTarget(entry, model, sha, meta.get("budget", budget),
                         int(meta["seed"]) if meta.get("seed", "").isdigit() else None)
+    return protocol, target
+
+
+def _do_evaluate(ws: Workspace, db: str | None, entry_id: str, protocol_name: str, budget: str, seed: int,
+                 checkpoint: str | None, data_dir: str | None, device: str, start: int, stop: int | None,
+                 batch_size: int | None, checks: bool = True) -> int:
+    from bench.engine import evaluate
+    from bench.surrogates import WorkspaceSurrogates
+
+    if batch_size is not None and batch_size < 1:
+        raise BenchError("--batch-size must be >= 1")
+    protocol, target = _resolve_target(ws, entry_id, protocol_name, budget, seed, checkpoint)
+    store = _store(ws, db)
     with _progress() as prog:
         task = prog.add_task(f"evaluate {entry_id} on {protocol_name}", total=None)
 
@@ -193,7 +202,25 @@ def _do_evaluate(ws: Workspace, db: str | None, entry_id: str, protocol_name: st
                                          data_dir, device, on_train=lambda msg: prog.console.print(msg))
         run_id = evaluate(store, target, protocol, data_dir=data_dir, start=start, stop=stop, device=device,
                           batch_size=batch_size, progress=progress, surrogates=surrogates)
+    if checks and start == 0 and stop is None:
+        _do_checks(store, run_id, target.model, data_dir, device, batch_size)
     return run_id
+
+
+def _do_checks(store: Any, run_id: int, model: Any, data_dir: str | None, device: str,
+               batch_size: int | None) -> None:
+    from bench.checks import run_checks
+
+    t0 = time.perf_counter()
+    with _progress() as prog:
+        task = prog.add_task(f"checks of run {run_id}", total=None)
+        results = run_checks(store, run_id, model, data_dir=data_dir, device=device, batch_size=batch_size,
+                             progress=lambda label: prog.update(task, description=f"checks: {label}"))
+    failed = [r for r in results if r.failed]
+    verdict = ("evaluation possibly unreliable" if any(r.severity == "unreliable" for r in failed)
+               else "no unreliable flag")
+    out.print(f"checks of run {run_id} ({time.perf_counter() - t0:.0f} s): {verdict}"
+              + "".join(f"\n  [{r.severity}] {r.name}: {r.summary}" for r in failed), highlight=False, markup=False)
 
 
 def _print_summary(ws: Workspace, db: str | None, run_id: int) -> None:
@@ -219,6 +246,7 @@ def evaluate(
     stop: Annotated[int | None, typer.Option(help="End of the slice (default: all samples).")] = None,
     batch_size: Annotated[int | None, typer.Option(
         help="Attack mini-batch (memory only; results do not change).")] = None,
+    checks: Annotated[bool, typer.Option(help="Run the sanity checks once the run is complete.")] = True,
     home: HomeOpt = None, db: DbOpt = None, data_dir: DataOpt = None, device: DeviceOpt = "cpu",
     download: DownloadOpt = False,
 ) -> None:
@@ -226,8 +254,30 @@ def evaluate(
     _set_download(download)
     ws = _ws(home)
     run_id = _do_evaluate(ws, db, entry, protocol, budget, seed, checkpoint, data_dir, _check_device(device),
-                          start, stop, batch_size)
+                          start, stop, batch_size, checks)
     _print_summary(ws, db, run_id)
+
+
+@app.command()
+@handle_errors
+def check(
+    entry: Annotated[str, typer.Argument(help="Entry id.")],
+    protocol: Annotated[str, typer.Option(help="Protocol name of the stored run.")] = "mnist-linf-quick-v1",
+    budget: Annotated[str, typer.Option(help="Which trained checkpoint: its budget.")] = "quick",
+    seed: Annotated[int, typer.Option(help="Which trained checkpoint: its training seed.")] = 0,
+    checkpoint: Annotated[str | None, typer.Option(help="The checkpoint file the run evaluated.")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Probe mini-batch (memory only).")] = None,
+    home: HomeOpt = None, db: DbOpt = None, data_dir: DataOpt = None, device: DeviceOpt = "cpu",
+) -> None:
+    """(Re-)run the sanity checks of a complete stored run and store them with their evidence."""
+    ws = _ws(home)
+    proto, target = _resolve_target(ws, entry, protocol, budget, seed, checkpoint)
+    store = _store(ws, db)
+    run = next((r for r in store.runs() if r.entry_id == entry and r.fingerprint == proto.fingerprint
+                and r.checkpoint_sha256 == target.weights_sha256), None)
+    if run is None:
+        raise BenchError(f"no stored run of {entry} on {protocol} with these weights; run `bench evaluate` first")
+    _do_checks(store, run.id, target.model, data_dir, _check_device(device), batch_size)
 
 
 @app.command()
@@ -242,6 +292,23 @@ def leaderboard(
     ws = _ws(home)
     index = build_site(_store(ws, db), Path(out_dir).resolve() if out_dir else ws.site, _entries(ws))
     out.print(f"leaderboard: {index}", highlight=False, soft_wrap=True)
+
+
+@app.command("export")
+@handle_errors
+def export_cmd(
+    fmt: Annotated[str, typer.Option("--format", help="json (RobustBench-style model info, one file per run) "
+                                                      "or csv (every per-sample row, one file per run).")] = "json",
+    out_dir: Annotated[str | None, typer.Option("--out", help="Output folder (default: workspace/export).")] = None,
+    home: HomeOpt = None, db: DbOpt = None,
+) -> None:
+    """Export every stored run as RobustBench-style JSON or per-sample CSV files."""
+    from bench.export import export
+
+    ws = _ws(home)
+    folder = Path(out_dir).resolve() if out_dir else ws.root / "export"
+    paths = export(_store(ws, db), _entries(ws) if fmt == "json" else {}, folder, fmt)
+    out.print(f"exported {len(paths)} {fmt} file(s) to {folder}", highlight=False, soft_wrap=True)
 
 
 @app.command()

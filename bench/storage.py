@@ -13,6 +13,11 @@ Schema 2 adds, for detector entries, the detector's ``score`` and the ``rejected
 and the run's calibration record (``detector_json``), and per-row ``l2`` / ``l0`` distances for
 minimum-norm attacks. A schema-1 database is upgraded in place by adding the nullable columns, so
 stored results are never lost.
+
+Schema 3 adds ``checks``: one row per (run, sanity check) with its severity, status, measured
+value, threshold and evidence (JSON: counts, sample ids, figures), written by :mod:`bench.checks`.
+Re-running the checks of a run replaces its check rows in one transaction; result rows are never
+touched.
 """
 
 from __future__ import annotations
@@ -43,7 +48,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from bench.errors import BenchError
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 
 class Base(DeclarativeBase):
@@ -114,6 +119,25 @@ class Stage(Base):
     n_backward: Mapped[int] = mapped_column(Integer)
     seconds: Mapped[float] = mapped_column(Float)
     seed: Mapped[int] = mapped_column(Integer)
+
+
+class Check(Base):
+    __tablename__ = "checks"
+    __table_args__ = (UniqueConstraint("run_id", "name", name="uq_check"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id"), index=True)
+    name: Mapped[str] = mapped_column(String(64))
+    severity: Mapped[str] = mapped_column(String(16))  # unreliable | warning | info
+    status: Mapped[str] = mapped_column(String(16))  # pass | fail | not-run
+    value: Mapped[float | None] = mapped_column(Float, nullable=True)
+    threshold: Mapped[str] = mapped_column(Text)
+    summary: Mapped[str] = mapped_column(Text)
+    evidence_json: Mapped[str] = mapped_column(Text)
+    suite: Mapped[str] = mapped_column(String(64))  # the check suite's name and fingerprint
+    code_version: Mapped[str] = mapped_column(String(64))
+    seconds: Mapped[float] = mapped_column(Float, default=0.0)
+    created_at: Mapped[str] = mapped_column(String(40))
 
 
 class Meta(Base):
@@ -236,6 +260,18 @@ class Store:
         with self.session() as s:
             q = select(Result).where(Result.run_id == run_id).order_by(Result.attack, Result.eps, Result.sample)
             return list(s.execute(q).scalars())
+
+    def replace_checks(self, run_id: int, checks: Iterable[Check]) -> None:
+        """Store a run's check results, replacing any earlier ones, in one transaction."""
+        with self.session() as s, s.begin():
+            for old in s.execute(select(Check).where(Check.run_id == run_id)).scalars():
+                s.delete(old)
+            s.flush()
+            s.add_all(list(checks))
+
+    def checks(self, run_id: int) -> list[Check]:
+        with self.session() as s:
+            return list(s.execute(select(Check).where(Check.run_id == run_id).order_by(Check.id)).scalars())
 
     def stages(self, run_id: int) -> list[Stage]:
         with self.session() as s:
