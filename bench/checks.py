@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 import torch
 
 from bench import code_version
-from bench.probes import ModelFacts, Outcome, PGDSetting, Prober, model_facts
+from bench.probes import ModelFacts, Outcome, PGDJob, PGDSetting, Prober, model_facts
 from bench.storage import Check, Result, Store, now
 
 SUITE: dict = {  # thresholds and probe settings shared by both suites
@@ -369,8 +369,8 @@ def run_suite(inp: CheckInputs, progress: Callable[[str], None] | None = None) -
             return [check_unbounded(100.0 * len(survived) / n, floor, survived, sum(r.attacked for r in stored),
                                     "the protocol's probe-unbounded (PGD)")]
         unb = SUITE["unbounded"]
-        out = inp.prober.traced_pgd(PGDSetting(setting.steps, rel_step_size=unb["rel_step_size"]), setting.steps, 1,
-                                    seed + 1, xp, yp, probe, unb["eps"], "check unbounded PGD").outcome
+        out = inp.prober.pgd([PGDJob(PGDSetting(setting.steps, rel_step_size=unb["rel_step_size"]), xp, yp, probe,
+                                     unb["eps"], setting.steps, seed + 1)], "check unbounded PGD")[0].outcome
         broken, source = out.broken_ids(), f"PGD-{setting.steps} (CE)"
         if inp.is_detector:
             d = SUITE["detector_unbounded"]
@@ -385,8 +385,9 @@ def run_suite(inp: CheckInputs, progress: Callable[[str], None] | None = None) -
 
     def sweeps() -> list[CheckResult]:
         fgsm = {e: inp.prober.attack("fgsm", {}, seed + 3, xp, yp, probe, e, "check FGSM") for e in eps_list}
-        pgd = {e: inp.prober.traced_pgd(setting, setting.steps, 1, seed + 4, xp, yp, probe, e, "check PGD").outcome
-               for e in eps_list}
+        traces = inp.prober.pgd([PGDJob(setting, xp, yp, probe, e, setting.steps, seed + 4) for e in eps_list],
+                                "check PGD")
+        pgd = {e: tr.outcome for e, tr in zip(eps_list, traces, strict=True)}
         out = check_sweeps(eps_list, fgsm, pgd)
         exposed = _exposed(inp.rows, proto, primary, fgsm[primary].broken_ids() | pgd[primary].broken_ids())
         for r in out:
@@ -398,13 +399,10 @@ def run_suite(inp: CheckInputs, progress: Callable[[str], None] | None = None) -
     def steps() -> list[CheckResult]:
         s = setting.steps
         counts = sorted({max(1, s // 4), max(1, s // 2), s})
-        runs, loss = {}, []
-        for k, count in enumerate(counts):
-            tr = inp.prober.traced_pgd(setting, count, 1, seed + 10 + k, xp, yp, probe, primary, f"check PGD-{count}")
-            runs[count] = tr.outcome
-            if count == s:
-                loss = tr.survivor_loss
-        return check_steps(counts, runs, loss)
+        traces = inp.prober.pgd([PGDJob(setting, xp, yp, probe, primary, count, seed + 10 + k)
+                                 for k, count in enumerate(counts)], "check PGD-K")
+        runs = {count: tr.outcome for count, tr in zip(counts, traces, strict=True)}
+        return check_steps(counts, runs, traces[counts.index(s)].survivor_loss)
 
     timed(steps, "steps sweep")
 
@@ -419,9 +417,9 @@ def run_suite(inp: CheckInputs, progress: Callable[[str], None] | None = None) -
         if chosen.numel() == 0:
             return [check_restarts(0.0, [], 0, 0, n, "no survivor to probe:")]
         dev = inp.x.device
-        out = inp.prober.traced_pgd(setting, SUITE["steps_factor"] * setting.steps, SUITE["restarts"], seed + 20,
-                                    inp.x[chosen.to(dev)], inp.y[chosen.to(dev)], chosen, primary,
-                                    "check 4x-steps 5-restarts PGD").outcome
+        out = inp.prober.pgd([PGDJob(setting, inp.x[chosen.to(dev)], inp.y[chosen.to(dev)], chosen, primary,
+                                     SUITE["steps_factor"] * setting.steps, seed + 20, SUITE["restarts"])],
+                             "check 4x-steps 5-restarts PGD")[0].outcome
         broken = sorted(out.broken_ids())
         drop = 100.0 * len(broken) / out.n * len(survivors) / n  # scaled up when the survivors were capped
         return [check_restarts(drop, broken, out.n, len(survivors), n,

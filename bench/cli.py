@@ -203,14 +203,23 @@ def _do_evaluate(ws: Workspace, db: str | None, entry_id: str, protocol_name: st
         run_id = evaluate(store, target, protocol, data_dir=data_dir, start=start, stop=stop, device=device,
                           batch_size=batch_size, progress=progress, surrogates=surrogates)
     if checks and start == 0 and stop is None:
-        _do_checks(store, run_id, target.model, data_dir, device, batch_size)
+        _do_checks(store, run_id, target.model, data_dir, device, batch_size, force=False)
     return run_id
 
 
 def _do_checks(store: Any, run_id: int, model: Any, data_dir: str | None, device: str,
-               batch_size: int | None) -> None:
-    from bench.checks import run_checks
+               batch_size: int | None, force: bool = True) -> None:
+    """Run (or, unless ``force``, reuse when stored under the current suite) a run's sanity checks."""
+    import json
 
+    from bench.checks import run_checks, suite_for
+
+    run = next(r for r in store.runs() if r.id == run_id)
+    stored = store.checks(run_id)
+    if not force and stored and stored[0].suite == suite_for(json.loads(run.protocol_json))[1]:
+        out.print(f"checks of run {run_id}: reused ({sum(c.status == 'fail' for c in stored)} failed)",
+                  highlight=False)
+        return
     t0 = time.perf_counter()
     with _progress() as prog:
         task = prog.add_task(f"checks of run {run_id}", total=None)
@@ -367,7 +376,9 @@ def submit(file: Annotated[str, typer.Argument(help="Python file defining ENTRY 
 def demo(
     budget: Annotated[str, typer.Option(help="Training budget for the demo entries.")] = "quick",
     protocol: Annotated[str, typer.Option(help="Evaluation protocol.")] = "mnist-linf-quick-v1",
-    entries_: Annotated[str | None, typer.Option("--entries", help="Comma-separated entry ids.")] = None,
+    entries_: Annotated[str | None, typer.Option(
+        "--entries", help="Comma-separated entry ids, or 'all' (every registered entry with a model for the "
+                          "protocol's dataset).")] = None,
     seed: Annotated[int, typer.Option(help="Training seed.")] = 0,
     home: HomeOpt = None, db: DbOpt = None, data_dir: DataOpt = None, device: DeviceOpt = "cpu",
     download: DownloadOpt = False,
@@ -381,7 +392,10 @@ def demo(
     ws = _ws(home)
     device = _check_device(device)
     proto = get_protocol(protocol)
-    ids = [x.strip() for x in entries_.split(",")] if entries_ else list(DEMO_ENTRIES)
+    if entries_ == "all":
+        ids = [e.id for e in _entries(ws).values() if proto.dataset in e.architectures and e.id != "surrogate-pgd"]
+    else:
+        ids = [x.strip() for x in entries_.split(",")] if entries_ else list(DEMO_ENTRIES)
     for entry_id in ids:
         _entry(ws, entry_id)
     t0 = time.perf_counter()

@@ -18,6 +18,8 @@ from jinja2 import Environment, PackageLoader, select_autoescape
 from bench import code_version
 from bench.metrics import RunSummary, summarize_all
 from bench.storage import Store, now
+from leaderboard.curves import entry_curves
+from leaderboard.findings import findings
 from registry.entry import Claim, Entry
 
 
@@ -76,16 +78,20 @@ def build_site(store: Store, out: Path, entries: dict[str, Entry]) -> Path:
     env = Environment(loader=PackageLoader("leaderboard", "templates"), autoescape=select_autoescape(["html"]))
     env.filters["pct"] = fmt_pct
     env.filters["attack_desc"] = attack_desc
+    env.filters["value"] = lambda v: "" if v is None or v != v else f"{v:.4f}"
     summaries = summarize_all(store)
     groups: dict[str, list[RunSummary]] = {}
     for s in summaries:
         groups.setdefault(s.run.fingerprint, []).append(s)
     out.mkdir(parents=True, exist_ok=True)
     (out / "runs").mkdir(exist_ok=True)
-    shutil.copyfile(Path(__file__).parent / "templates" / "style.css", out / "style.css")
+    for static in ("style.css", "board.js"):
+        shutil.copyfile(Path(__file__).parent / "templates" / static, out / static)
     tables = []
     for fp, runs in sorted(groups.items(), key=lambda kv: kv[1][0].run.protocol):
-        runs.sort(key=lambda s: (-(s.worst.get(s.primary_eps) or -1.0), s.run.entry_id))
+        # ranked by the worst case at the primary eps; an unreliable evaluation by its worst case including
+        # the samples the sanity checks' own attacks broke (RobustBench's rule for flagged entries)
+        runs.sort(key=lambda s: (-(s.ranked_worst if s.ranked_worst is not None else -1.0), s.run.entry_id))
         proto = runs[0].protocol
         dataset = proto["dataset"]
         rows = []
@@ -96,6 +102,7 @@ def build_site(store: Store, out: Path, entries: dict[str, Entry]) -> Path:
             rows.append({
                 "rank": rank, "s": s, "entry": entry, "slug": run_slug(s), "claim": claim,
                 "diff": None if claim is None or worst is None else worst - float(claim.robust or 0.0),
+                "adaptive": adaptive_accuracy(s),
             })
         tables.append({
             "fingerprint": fp, "protocol": proto, "name": runs[0].run.protocol, "rows": rows,
@@ -105,7 +112,11 @@ def build_site(store: Store, out: Path, entries: dict[str, Entry]) -> Path:
         })
     meta = {"generated": now(), "code_version": code_version(), "db": store.url.rsplit("/", 1)[-1]}
     compare = compare_protocols(summaries)
-    (out / "index.html").write_text(env.get_template("index.html").render(tables=tables, meta=meta, compare=compare))
+    kinds = sorted({r["entry"].kind for t in tables for r in t["rows"] if r["entry"] is not None})
+    (out / "index.html").write_text(env.get_template("index.html").render(tables=tables, meta=meta, compare=compare,
+                                                                          kinds=kinds))
+    (out / "findings.html").write_text(env.get_template("findings.html").render(
+        findings=findings(summaries, entries), meta=meta, slug=run_slug))
     for s in summaries:
         entry = entries.get(s.run.entry_id)
         dataset = s.protocol["dataset"]
@@ -114,9 +125,17 @@ def build_site(store: Store, out: Path, entries: dict[str, Entry]) -> Path:
             s=s, entry=entry, claims=claims, meta=meta, dataset=dataset,
             eps_cols=[(e, fmt_eps(e, dataset)) for e in s.epsilons],
             packages=json.loads(s.run.packages), protocol_json=json.dumps(s.protocol, indent=1, sort_keys=True),
+            curves=entry_curves(s), evidence=lambda c: json.dumps(c.evidence, indent=1, sort_keys=True),
+            suite_id=store.checks(s.run.id)[0].suite if s.checks else None,
         )
         (out / "runs" / f"{run_slug(s)}.html").write_text(page)
     return out / "index.html"
+
+
+def adaptive_accuracy(s: RunSummary) -> float | None:
+    """Accuracy after the entry's declared adaptive attacks at the primary eps (None if none ran)."""
+    labels = [a for a in s.adaptive_applied if (a, s.primary_eps) in s.cells]
+    return s.cells[(labels[-1], s.primary_eps)].accuracy if labels else None
 
 
 def compare_protocols(summaries: list[RunSummary]) -> list[dict]:
@@ -133,6 +152,7 @@ def compare_protocols(summaries: list[RunSummary]) -> list[dict]:
         for s in runs:
             cells.setdefault(s.run.entry_id, {})[s.run.protocol] = s
         rows = [{"entry": e, "by": {n: (by[n].worst.get(by[n].primary_eps) if n in by else None) for n in names},
+                 "unreliable": {n: by[n].unreliable for n in by},
                  "slugs": {n: run_slug(by[n]) for n in by}} for e, by in sorted(cells.items())]
         out.append({"dataset": ds, "names": names, "rows": rows})
     return out
