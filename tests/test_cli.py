@@ -78,11 +78,20 @@ def test_train_evaluate_show_leaderboard_and_corrupt_checkpoint(workspace: Path,
     ckpt = next((workspace / "checkpoints").glob("standard--mnist--tiny--*.safetensors"))
     result = invoke("evaluate", "standard", "--budget", "tiny", "--protocol", "mnist-linf-tiny-v1")
     assert result.exit_code == 0, result.output
-    assert "clean" in result.output
+    assert "clean" in result.output and "checks of run 1 (" in result.output
     result = invoke("show", "standard")
     assert result.exit_code == 0 and "mnist-linf-tiny-v1" in result.output
     result = invoke("leaderboard", "--out", str(tmp_path / "site"))
     assert result.exit_code == 0 and (tmp_path / "site" / "index.html").is_file()
+    # the checks ran with the evaluation; `bench check` re-runs them; exports write one file per run
+    result = invoke("check", "standard", "--budget", "tiny", "--protocol", "mnist-linf-tiny-v1")
+    assert result.exit_code == 0 and "checks of run 1 (" in result.output, result.output
+    assert_one_line_error(invoke("check", "trades", "--budget", "tiny", "--protocol", "mnist-linf-tiny-v1"),
+                          "no checkpoint")
+    for fmt in ("json", "csv"):
+        result = invoke("export", "--format", fmt, "--out", str(tmp_path / "export"))
+        assert result.exit_code == 0 and len(list((tmp_path / "export").glob(f"*.{fmt}"))) == 1
+    assert_one_line_error(invoke("export", "--format", "xml", "--out", str(tmp_path / "export")), "format")
     # a damaged checkpoint is a one-line error, and stored results survive it
     ckpt.write_bytes(ckpt.read_bytes()[:200])
     assert_one_line_error(invoke("evaluate", "standard", "--budget", "tiny", "--protocol", "mnist-linf-tiny-v1"),
