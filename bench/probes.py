@@ -106,7 +106,7 @@ class Prober:
         ``survivor_loss[t]`` is the mean loss after t steps of restart 0 over the job's samples that no
         step broke: if it still climbs at the end, the attack has not converged.
         """
-        xs, ys, group, eps, alpha, budget, restart0, job_of, pos_of = [], [], [], [], [], [], [], [], []
+        xs, ys, group, eps, alpha, budget, restart0, job_of = [], [], [], [], [], [], [], []
         offsets, n_groups = [], 0
         for j, job in enumerate(jobs):
             n = job.x.shape[0]
@@ -117,7 +117,6 @@ class Prober:
                 ys.append(job.y)
                 group += range(n_groups, n_groups + n)
                 restart0 += [r == 0] * n
-                pos_of += range(n)
             eps += [job.eps] * n * job.restarts
             alpha += [job.setting.alpha(job.eps)] * n * job.restarts
             budget += [job.steps] * n * job.restarts
@@ -151,8 +150,8 @@ class Prober:
                 with torch.no_grad():
                     losses[t, idx.cpu()] = loss.detach().float().cpu()
                     fooled = logits.argmax(1) != y[idx]
-                    best[idx] = xb.detach() * (fooled | first[idx]).view_as(eps_t[idx]) + \
-                        best[idx] * ~(fooled | first[idx]).view_as(eps_t[idx])
+                    keep = (fooled | first[idx]).view_as(eps_t[idx])  # fooling iterates; restart 0's latest
+                    best[idx] = torch.where(keep, xb.detach(), best[idx])
                     fooled_group[grp[idx[fooled]]] = True
                     fool_row[grp[idx[fooled]]] = idx[fooled]
                     step = xb.detach() + alpha_t[idx] * grad.sign()
