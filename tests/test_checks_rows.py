@@ -18,7 +18,7 @@ from bench.checks import (
 from bench.metrics import RunSummary
 from bench.probes import Outcome
 from bench.storage import Result
-from leaderboard.findings import FAILS, HOLDS, MISSING, _better, _worst_metric, noise
+from leaderboard.findings import FAILS, HOLDS, MISSING, UNCLEAR, _better, _worst_metric, noise
 
 PROTO = {"attacks": [{"label": "fgsm", "kind": "fgsm"}, {"label": "pgd-ce", "kind": "pgd"},
                      {"label": "autoattack", "kind": "autoattack"}, {"label": "random-search", "kind": "random-search"},
@@ -110,6 +110,8 @@ def test_findings_compare_beyond_two_standard_errors() -> None:
     clear = [_summary("mart", 60.0), _summary("trades", 45.0)]
     assert _better(clear, "p", "c", "mart", "trades", _worst_metric).status == HOLDS
     close = [_summary("mart", 52.0), _summary("trades", 48.0)]  # 4 points < 2 SE (about 10 points)
-    assert _better(close, "p", "c", "mart", "trades", _worst_metric).status == FAILS
+    assert _better(close, "p", "c", "mart", "trades", _worst_metric).status == UNCLEAR
+    behind = [_summary("mart", 47.0), _summary("trades", 48.0)]
+    assert _better(behind, "p", "c", "mart", "trades", _worst_metric).status == FAILS
     other_protocols = [_summary("mart", 60.0), _summary("trades", 45.0, protocol="mnist-linf-quick-v2")]
     assert _better(other_protocols, "p", "c", "mart", "trades", _worst_metric).status == MISSING
