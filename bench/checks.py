@@ -481,9 +481,11 @@ def run_checks(store: Store, run_id: int, model: torch.nn.Module, *, data_dir: s
     if run is None:
         raise BenchError(f"run {run_id} not found")
     proto = json.loads(run.protocol_json)
-    rows = store.results(run_id)
-    if sum(r.attack == "clean" for r in rows) < run.n_samples:
+    from bench.metrics import summarize  # here: bench.metrics imports this module
+
+    if not summarize(store, run).complete:
         raise BenchError(f"run {run_id} ({run.entry_id} on {run.protocol}) is partial: finish it before checking it")
+    rows = store.results(run_id)
     x_all, y_all = load_split(proto["dataset"], proto["split"], data_dir)
     dev = torch.device(device)
     x, y = x_all[: run.n_samples].to(dev), y_all[: run.n_samples].to(dev)
