@@ -21,12 +21,16 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 
 from bench import code_version
 from bench.probes import ModelFacts, Outcome, PGDJob, PGDSetting, Prober, model_facts
 from bench.storage import Check, Result, Store, now
+
+if TYPE_CHECKING:
+    from bench.metrics import RunSummary
 
 SUITE: dict = {  # thresholds and probe settings shared by both suites
     "name": "checks-v1",
@@ -320,10 +324,11 @@ def check_unbounded(acc: float, floor: float, survived: list[int], n_probed: int
 
 @dataclass
 class CheckInputs:
-    """What the suite needs about one run: its rows, protocol, and a prober on the model."""
+    """What the suite needs about one run: its rows, protocol, summary, and a prober on the model."""
 
     protocol: dict
     rows: list[Result]
+    summary: RunSummary  # the run's cascade accuracies per (attack, eps) and worst case, from the same rows
     x: torch.Tensor  # the evaluated samples, in id order (on the model's device)
     y: torch.Tensor
     prober: Prober
@@ -347,6 +352,7 @@ def run_suite(inp: CheckInputs, progress: Callable[[str], None] | None = None) -
     probe = torch.tensor(correct[: suite["probe_samples"]], dtype=torch.long)
     xp, yp = inp.x[probe.to(inp.x.device)], inp.y[probe.to(inp.x.device)]
     applied = set(proto.get("adaptive_applied", []))
+    survivors = sorted(_survivors(inp.rows, proto, primary))  # the cascade's survivors at the primary eps
     results: list[CheckResult] = []
 
     def timed(fn: Callable[[], list[CheckResult]], label: str) -> None:
@@ -389,7 +395,7 @@ def run_suite(inp: CheckInputs, progress: Callable[[str], None] | None = None) -
                                 "check PGD")
         pgd = {e: tr.outcome for e, tr in zip(eps_list, traces, strict=True)}
         out = check_sweeps(eps_list, fgsm, pgd)
-        exposed = _exposed(inp.rows, proto, primary, fgsm[primary].broken_ids() | pgd[primary].broken_ids())
+        exposed = (fgsm[primary].broken_ids() | pgd[primary].broken_ids()) & set(survivors)
         for r in out:
             r.evidence["exposed_at_primary"] = sorted(exposed)
         return out
@@ -408,7 +414,6 @@ def run_suite(inp: CheckInputs, progress: Callable[[str], None] | None = None) -
 
     def restarts() -> list[CheckResult]:
         stored = [r for r in inp.rows if r.attack == "probe-4x-steps-5-restarts"]
-        survivors = sorted(_survivors(inp.rows, proto, primary))
         if stored:
             broken = [r.sample for r in stored if r.success]
             return [check_restarts(100.0 * len(broken) / n, broken, sum(r.attacked for r in stored), len(survivors), n,
@@ -426,23 +431,10 @@ def run_suite(inp: CheckInputs, progress: Callable[[str], None] | None = None) -
                                f"PGD with {SUITE['steps_factor']}x steps and {SUITE['restarts']} restarts")]
 
     timed(restarts, "restarts probe")
-    cells: dict[tuple[str, float], float] = {}
-    counts: dict[tuple[str, float], int] = {}
-    for r in inp.rows:
-        if r.attack != "clean":
-            key = (r.attack, float(r.eps))
-            counts[key] = counts.get(key, 0) + 1
-            cells[key] = cells.get(key, 0.0) + (100.0 / n if r.robust_after else 0.0)
     cascade = {a["label"] for a in proto["attacks"]}
-    cascade_cells = {k: v for k, v in cells.items() if k[0] in cascade}
-    labels = [a["label"] for a in proto["attacks"]]
-    worst = {}
-    for e in eps_list:
-        present = [lab for lab in labels if (lab, e) in cascade_cells]
-        if present:
-            worst[e] = cascade_cells[(present[-1], e)]
     results.append(check_black_box(proto, [r for r in inp.rows if r.attack in cascade], n))
-    results.append(check_adaptive_gap(proto, cascade_cells, worst))
+    cells = {key: c.accuracy for key, c in inp.summary.cells.items()}
+    results.append(check_adaptive_gap(proto, cells, inp.summary.worst))
     return results
 
 
@@ -454,10 +446,6 @@ def _survivors(rows: list[Result], proto: dict, eps: float) -> set[int]:
     if not last:
         return set()
     return {r.sample for r in rows if r.attack == last[-1] and float(r.eps) == eps and r.robust_after}
-
-
-def _exposed(rows: list[Result], proto: dict, eps: float, broken: set[int]) -> set[int]:
-    return broken & _survivors(rows, proto, eps)
 
 
 def store_results(store: Store, run_id: int, results: list[CheckResult], suite_id: str) -> None:
@@ -483,7 +471,8 @@ def run_checks(store: Store, run_id: int, model: torch.nn.Module, *, data_dir: s
     proto = json.loads(run.protocol_json)
     from bench.metrics import summarize  # here: bench.metrics imports this module
 
-    if not summarize(store, run).complete:
+    summary = summarize(store, run)
+    if not summary.complete:
         raise BenchError(f"run {run_id} ({run.entry_id} on {run.protocol}) is partial: finish it before checking it")
     rows = store.results(run_id)
     x_all, y_all = load_split(proto["dataset"], proto["split"], data_dir)
@@ -505,7 +494,7 @@ def run_checks(store: Store, run_id: int, model: torch.nn.Module, *, data_dir: s
     bs = batch_size or int(proto.get("chunk_size", 100))
     with torch.no_grad():
         n_classes = int(model(x[:1]).shape[1])
-    results = run_suite(CheckInputs(proto, rows, x, y, Prober(model, bs, detector, make), detector is not None,
-                                    n_classes), progress)
+    prober = Prober(model, bs, detector, make)
+    results = run_suite(CheckInputs(proto, rows, summary, x, y, prober, detector is not None, n_classes), progress)
     store_results(store, run_id, results, suite_for(proto)[1])
     return results

@@ -31,6 +31,8 @@ DataOpt = Annotated[str | None, typer.Option(
     "--data-dir", help="Dataset root (default $GAUNTLET_DATA_DIR or ../shared/data).")]
 DeviceOpt = Annotated[str, typer.Option("--device", help="torch device, e.g. cpu or cuda.")]
 DownloadOpt = Annotated[bool, typer.Option("--download", help="Download missing datasets with torchvision.")]
+CkptBudgetOpt = Annotated[str, typer.Option("--budget", help="Which trained checkpoint: its budget.")]
+CkptSeedOpt = Annotated[int, typer.Option("--seed", help="Which trained checkpoint: its training seed.")]
 
 
 def _fail(message: str, code: int = 1) -> None:
@@ -248,8 +250,8 @@ def _print_summary(ws: Workspace, db: str | None, run_id: int) -> None:
 def evaluate(
     entry: Annotated[str, typer.Argument(help="Entry id.")],
     protocol: Annotated[str, typer.Option(help="Protocol name, e.g. mnist-linf-quick-v1.")] = "mnist-linf-quick-v1",
-    budget: Annotated[str, typer.Option(help="Which trained checkpoint: its budget.")] = "quick",
-    seed: Annotated[int, typer.Option(help="Which trained checkpoint: its training seed.")] = 0,
+    budget: CkptBudgetOpt = "quick",
+    seed: CkptSeedOpt = 0,
     checkpoint: Annotated[str | None, typer.Option(help="Evaluate this checkpoint file instead.")] = None,
     start: Annotated[int, typer.Option(help="First sample of the slice (chunk-aligned).")] = 0,
     stop: Annotated[int | None, typer.Option(help="End of the slice (default: all samples).")] = None,
@@ -272,8 +274,8 @@ def evaluate(
 def check(
     entry: Annotated[str, typer.Argument(help="Entry id.")],
     protocol: Annotated[str, typer.Option(help="Protocol name of the stored run.")] = "mnist-linf-quick-v1",
-    budget: Annotated[str, typer.Option(help="Which trained checkpoint: its budget.")] = "quick",
-    seed: Annotated[int, typer.Option(help="Which trained checkpoint: its training seed.")] = 0,
+    budget: CkptBudgetOpt = "quick",
+    seed: CkptSeedOpt = 0,
     checkpoint: Annotated[str | None, typer.Option(help="The checkpoint file the run evaluated.")] = None,
     batch_size: Annotated[int | None, typer.Option(help="Probe mini-batch (memory only).")] = None,
     home: HomeOpt = None, db: DbOpt = None, data_dir: DataOpt = None, device: DeviceOpt = "cpu",
