@@ -36,7 +36,7 @@ from bench.errors import BenchError
 from bench.extras import run_extra
 from bench.protocol import CALIBRATION_SAMPLES, Protocol
 from bench.storage import Result, Stage, Store, packages_json
-from bench.verify import DetectorRule, check_bounds, has_detector, predict
+from bench.verify import DetectorRule, adversarial_verdict, check_bounds, has_detector, predict
 from registry.entry import Entry
 
 ProgressFn = Callable[[str, float, int, int], None]
@@ -220,11 +220,8 @@ def _run_stage(store: Store, run_id: int, protocol: Protocol, model: PassCounter
         x_adv = out.x_adv[0].detach().to(x.device)
         check_bounds(x_adv, xs, eps, label)
         linf = (x_adv - xs).abs().flatten(1).amax(1).cpu()
-        pred = predict(model, x_adv, bs).cpu()
-        broke = pred != ys.cpu()
-        if detector is not None:
-            sc, rej = detector.judge(x_adv, bs)
-            broke &= ~rej  # a detected adversarial input is not a success
+        pred, broke, sc, rej = adversarial_verdict(model, x_adv, ys, bs, detector)  # rejected: not a success
+        if sc is not None and rej is not None:
             for j, i in enumerate(idx.tolist()):
                 score_all[i], rejected_all[i] = float(sc[j]), bool(rej[j])
         model.reset()

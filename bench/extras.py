@@ -21,7 +21,7 @@ from attacks.base import Attack, PassCounter
 from bench.errors import AttackContractError
 from bench.protocol import ExtraSpec, Protocol
 from bench.storage import Result, Stage, Store
-from bench.verify import DetectorRule, check_bounds, predict
+from bench.verify import DetectorRule, adversarial_verdict, check_bounds
 
 CHANGED = 1e-7  # an input value counts as changed (L0) when it moved more than this
 
@@ -69,11 +69,8 @@ def run_extra(store: Store, run_id: int, protocol: Protocol, model: PassCounter,
             if l0.numel() and float(l0.max()) > budget:
                 raise AttackContractError(f"{spec.label}: changed {int(l0.max())} input values, over its L0 budget "
                                           f"of {budget}")
-        pred = predict(model, x_adv, bs).cpu()
-        broke = pred != ys.cpu()
-        if detector is not None:
-            sc, rej = detector.judge(x_adv, bs)
-            broke &= ~rej
+        pred, broke, sc, rej = adversarial_verdict(model, x_adv, ys, bs, detector)  # rejected: not a success
+        if sc is not None and rej is not None:
             for j, i in enumerate(idx.tolist()):
                 score_all[i], rejected_all[i] = float(sc[j]), bool(rej[j])
         model.reset()

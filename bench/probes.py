@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from attacks.base import Attack, attack_loss, per_sample_uniform
-from bench.verify import DetectorRule, check_bounds, predict
+from bench.verify import DetectorRule, adversarial_verdict, check_bounds
 
 
 @dataclass
@@ -83,9 +83,7 @@ class Prober:
     def verify(self, x_adv: torch.Tensor, x: torch.Tensor, y: torch.Tensor, eps: float, label: str,
                ids: torch.Tensor) -> Outcome:
         check_bounds(x_adv, x, eps, label)
-        broke = predict(self.model, x_adv, self.bs).cpu() != y.cpu()
-        if self.detector is not None and x_adv.shape[0]:
-            broke &= ~self.detector.judge(x_adv, self.bs)[1]
+        broke = adversarial_verdict(self.model, x_adv, y, self.bs, self.detector)[1]
         return Outcome(ids=[int(i) for i in ids], broken=[bool(b) for b in broke])
 
     def attack(self, kind: str, params: dict, seed: int, x: torch.Tensor, y: torch.Tensor, ids: torch.Tensor,

@@ -45,6 +45,19 @@ class DetectorRule:
         return torch.nan_to_num(s, nan=float("inf")).clamp(max=3.0e38)
 
 
+def adversarial_verdict(model: nn.Module, x_adv: torch.Tensor, y: torch.Tensor, bs: int,
+                        detector: DetectorRule | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None,
+                                                                 torch.Tensor | None]:
+    """The engine's own success decision on a fresh forward pass, on CPU: (predictions, broke, detector
+    scores, rejected). An input breaks its sample when misclassified and, for detector entries, not rejected."""
+    pred = predict(model, x_adv, bs).cpu()
+    broke = pred != y.cpu()
+    if detector is None:
+        return pred, broke, None, None
+    sc, rej = detector.judge(x_adv, bs)
+    return pred, broke & ~rej, sc, rej
+
+
 def has_detector(model: nn.Module) -> bool:
     return callable(getattr(model, "detector_score", None))
 
