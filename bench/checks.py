@@ -461,6 +461,7 @@ def run_checks(store: Store, run_id: int, model: torch.nn.Module, *, data_dir: s
                progress: Callable[[str], None] | None = None) -> list[CheckResult]:
     """Run the suite on a stored run with its model and store the results (replacing earlier ones)."""
     from attacks import make_attack
+    from attacks.base import prepare_model
     from bench.data import load_split
     from bench.errors import BenchError
     from bench.verify import DetectorRule, has_detector
@@ -478,7 +479,7 @@ def run_checks(store: Store, run_id: int, model: torch.nn.Module, *, data_dir: s
     x_all, y_all = load_split(proto["dataset"], proto["split"], data_dir)
     dev = torch.device(device)
     x, y = x_all[: run.n_samples].to(dev), y_all[: run.n_samples].to(dev)
-    model = model.to(dev).to(memory_format=torch.channels_last).eval()  # as the engine: faster CPU convolutions
+    model = prepare_model(model, dev)  # as the engine runs it
     detector = None
     if has_detector(model):
         if run.detector_json is None:

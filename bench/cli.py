@@ -87,9 +87,9 @@ def _entries(ws: Workspace):
 
 
 def _entry(ws: Workspace, entry_id: str):
-    from registry import get_entry
+    from bench.jobs import lookup
 
-    return get_entry(entry_id, ws.submissions)
+    return lookup(ws, entry_id)
 
 
 def _progress() -> Progress:
@@ -168,20 +168,9 @@ def train(
 
 def _resolve_target(ws: Workspace, entry_id: str, protocol_name: str, budget: str, seed: int,
                     checkpoint: str | None) -> tuple[Any, Any]:
-    """The protocol and the evaluated model (an EvalTarget) of an entry's checkpoint."""
-    from bench.checkpoints import resolve_model
-    from bench.engine import EvalTarget
-    from bench.protocol import get_protocol
+    from bench.jobs import resolve_target
 
-    protocol = get_protocol(protocol_name)
-    entry = _entry(ws, entry_id)
-    if protocol.dataset not in entry.architectures:
-        raise BenchError(f"entry {entry_id!r} declares no model for {protocol.dataset}")
-    model, sha, meta = resolve_model(entry, protocol.dataset, budget, seed, ws.checkpoints,
-                                     Path(checkpoint) if checkpoint else None, lambda i: _entry(ws, i))
-    target = EvalTarget(entry, model, sha, meta.get("budget", budget),
-                        int(meta["seed"]) if meta.get("seed", "").isdigit() else None)
-    return protocol, target
+    return resolve_target(ws, entry_id, protocol_name, budget, seed, checkpoint)
 
 
 def _do_evaluate(ws: Workspace, db: str | None, entry_id: str, protocol_name: str, budget: str, seed: int,
@@ -212,13 +201,11 @@ def _do_evaluate(ws: Workspace, db: str | None, entry_id: str, protocol_name: st
 def _do_checks(store: Any, run_id: int, model: Any, data_dir: str | None, device: str,
                batch_size: int | None, force: bool = True) -> None:
     """Run (or, unless ``force``, reuse when stored under the current suite) a run's sanity checks."""
-    import json
+    from bench.checks import run_checks
+    from bench.jobs import checks_report, current_checks
 
-    from bench.checks import run_checks, suite_for
-
-    run = next(r for r in store.runs() if r.id == run_id)
-    stored = store.checks(run_id)
-    if not force and stored and stored[0].suite == suite_for(json.loads(run.protocol_json))[1]:
+    stored = None if force else current_checks(store, run_id)
+    if stored is not None:
         out.print(f"checks of run {run_id}: reused ({sum(c.status == 'fail' for c in stored)} failed)",
                   highlight=False)
         return
@@ -227,11 +214,8 @@ def _do_checks(store: Any, run_id: int, model: Any, data_dir: str | None, device
         task = prog.add_task(f"checks of run {run_id}", total=None)
         results = run_checks(store, run_id, model, data_dir=data_dir, device=device, batch_size=batch_size,
                              progress=lambda label: prog.update(task, description=f"checks: {label}"))
-    failed = [r for r in results if r.failed]
-    verdict = ("evaluation possibly unreliable" if any(r.severity == "unreliable" for r in failed)
-               else "no unreliable flag")
-    out.print(f"checks of run {run_id} ({time.perf_counter() - t0:.0f} s): {verdict}"
-              + "".join(f"\n  [{r.severity}] {r.name}: {r.summary}" for r in failed), highlight=False, markup=False)
+    out.print(f"checks of run {run_id} ({time.perf_counter() - t0:.0f} s): {checks_report(results)}",
+              highlight=False, markup=False)
 
 
 def _print_summary(ws: Workspace, db: str | None, run_id: int) -> None:
@@ -373,6 +357,27 @@ def submit(file: Annotated[str, typer.Argument(help="Python file defining ENTRY 
         out.print(f"{verb} {e.id} ({e.name}) -> {e.source}", highlight=False, markup=False)
 
 
+def _run_tasks(ws: Workspace, db: str | None, tasks: dict, protocol: str, data_dir: str | None, device: str,
+               jobs: int, download: bool) -> dict[str, int]:
+    """Run a :func:`bench.parallel.plan` on ``jobs`` processes; returns each checked entry's run id."""
+    from bench.parallel import PoolContext, run_pool, usable_cpus
+
+    threads = max(1, usable_cpus() // jobs)
+    ctx = PoolContext(str(ws.root), db, protocol, data_dir, device, threads, download)
+    out.print(f"{len(tasks)} tasks on {jobs} worker processes, {threads} torch thread(s) each", highlight=False)
+    with _progress() as prog:
+        bar = prog.add_task("demo", total=len(tasks))
+
+        def on_done(task: Any, message: str, seconds: float) -> None:
+            console = prog.console if prog.live.is_started else out
+            console.print(f"{task.label()} ({seconds:.0f} s): {message}", highlight=False, markup=False,
+                          soft_wrap=True)
+            prog.advance(bar)
+
+        done = run_pool(tasks, ctx, jobs, on_done=on_done)
+    return {t.entry_id: run_id for t, run_id in done.items() if t.kind == "check" and run_id is not None}
+
+
 @app.command()
 @handle_errors
 def demo(
@@ -382,10 +387,13 @@ def demo(
         "--entries", help="Comma-separated entry ids, or 'all' (every registered entry with a model for the "
                           "protocol's dataset).")] = None,
     seed: Annotated[int, typer.Option(help="Training seed.")] = 0,
+    jobs: Annotated[int, typer.Option(
+        "--jobs", "-j", help="Worker processes: 0 = one per CPU (at most 8) on a CPU device, one on a GPU. "
+                             "With more than one, training, evaluation chunks and checks run side by side.")] = 0,
     home: HomeOpt = None, db: DbOpt = None, data_dir: DataOpt = None, device: DeviceOpt = "cpu",
     download: DownloadOpt = False,
 ) -> None:
-    """The main job: train the demo entries on MNIST, evaluate them, build the leaderboard."""
+    """The main job: train the demo entries on MNIST, evaluate them, run their checks, build the leaderboard."""
     _set_download(download)
     from bench.protocol import get_protocol
     from leaderboard import build_site
@@ -400,12 +408,23 @@ def demo(
         ids = [x.strip() for x in entries_.split(",")] if entries_ else list(DEMO_ENTRIES)
     for entry_id in ids:
         _entry(ws, entry_id)
+    if jobs < 0:
+        raise BenchError("--jobs must be >= 0")
+    from bench.parallel import default_jobs, plan
+
+    tasks = plan(ws, ids, protocol, budget, seed)
+    jobs = jobs or default_jobs(device, len(tasks))
     t0 = time.perf_counter()
-    for entry_id in ids:
-        _do_train(ws, entry_id, proto.dataset, budget, seed, data_dir, device, False)
-    for entry_id in ids:
-        run_id = _do_evaluate(ws, db, entry_id, protocol, budget, seed, None, data_dir, device, 0, None, None)
-        _print_summary(ws, db, run_id)
+    if jobs == 1:
+        for entry_id in ids:
+            _do_train(ws, entry_id, proto.dataset, budget, seed, data_dir, device, False)
+        for entry_id in ids:
+            run_id = _do_evaluate(ws, db, entry_id, protocol, budget, seed, None, data_dir, device, 0, None, None)
+            _print_summary(ws, db, run_id)
+    else:
+        run_ids = _run_tasks(ws, db, tasks, protocol, data_dir, device, jobs, download)
+        for entry_id in ids:
+            _print_summary(ws, db, run_ids[entry_id])
     index = build_site(_store(ws, db), ws.site, _entries(ws))
     out.print(f"demo finished in {time.perf_counter() - t0:.0f} s", highlight=False)
     out.print(f"leaderboard: {index}", highlight=False, soft_wrap=True)

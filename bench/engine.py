@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from attacks import make_attack
-from attacks.base import Attack, PassCounter
+from attacks.base import Attack, PassCounter, prepare_model
 from bench import code_version
 from bench.data import load_split
 from bench.errors import BenchError
@@ -128,8 +128,7 @@ def evaluate(
     detector = (calibrate_detector(store, run.id, run.detector_json, protocol, target.model.to(dev).eval(), x_all,
                                    dev, bs)
                 if has_detector(target.model) else None)
-    # channels_last: 20-30% faster convolutions on CPU; a no-op for models without 4-D weights.
-    model = PassCounter(target.model.to(dev).to(memory_format=torch.channels_last).eval())
+    model = PassCounter(prepare_model(target.model, dev))
 
     def make(kind: str, params: dict, seed: int) -> Attack:
         attack = attack_factory(kind, params, seed)

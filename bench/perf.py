@@ -18,7 +18,7 @@ from rich.console import Console
 from rich.table import Table
 
 from attacks import PGD, AutoAttackStandard
-from attacks.base import PassCounter, derive_seed
+from attacks.base import PassCounter, derive_seed, prepare_model
 from bench.checkpoints import build_model, checkpoint_path, load_checkpoint
 from bench.data import load_split
 from bench.workspace import Workspace
@@ -59,7 +59,7 @@ def run_perf(entry: Entry, dataset: str, batch: int, eps: float, budget: str, ws
         model = build_model(entry, dataset)
         source = "untrained weights (no checkpoint found)"
     dev = torch.device(device)
-    model = model.to(dev).to(memory_format=torch.channels_last).eval()  # as the engine runs it
+    model = prepare_model(model, dev)  # as the engine runs it
     x_all, y_all = load_split(dataset, "test", data_dir)
     x, y = x_all[:batch].to(dev), y_all[:batch].to(dev)
     fb, f = _time_passes(model, x, y)

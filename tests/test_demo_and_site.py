@@ -41,9 +41,11 @@ class CellParser(HTMLParser):
 
 def test_demo_end_to_end_tiny(tmp_path: Path) -> None:
     home = tmp_path / "ws"
+    # two worker processes: training, evaluation slices and checks side by side (bench.parallel)
     result = CliRunner().invoke(app, ["demo", "--budget", "tiny", "--protocol", "mnist-linf-tiny-v1",
-                                      "--home", str(home)])
+                                      "--home", str(home), "--jobs", "2"])
     assert result.exit_code == 0, result.output
+    assert "16 tasks on 2 worker processes" in result.output
     index = home / "site" / "index.html"
     assert f"leaderboard: {index}" in result.output.replace("\n", "")
     html = index.read_text()
@@ -53,6 +55,12 @@ def test_demo_end_to_end_tiny(tmp_path: Path) -> None:
         runs = dict(con.execute("select entry_id, id from runs").fetchall())
         assert set(runs) == {"standard", "madry-pgd-at", "trades", "mart"}
         for entry_id, run_id in runs.items():
+            # both chunk slices of every stage were stored, into one run per entry
+            stages = con.execute("select attack, eps, group_concat(chunk_start) from stages where run_id=? "
+                                 "group by attack, eps", (run_id,)).fetchall()
+            assert stages and all(sorted(c.split(",")) == ["0", "20"] for _, _, c in stages), stages
+            assert con.execute("select count(*) from results where run_id=? and attack='clean'",
+                               (run_id,)).fetchone()[0] == 40
             clean = con.execute("select avg(robust_after) * 100 from results where run_id=? and attack='clean'",
                                 (run_id,)).fetchone()[0]
             worst = con.execute("select avg(robust_after) * 100 from results where run_id=? and attack='pgd-cw' "
@@ -66,9 +74,9 @@ def test_demo_end_to_end_tiny(tmp_path: Path) -> None:
             assert per_eps == [f"{w:.1f}" for w in want]
             page = next((home / "site" / "runs").glob(f"{entry_id}--*.html")).read_text()
             assert re.search(r"protocol fingerprint", page)
-    # running the demo again reuses checkpoints and stored rows
+    # running the demo again, in one process, reuses checkpoints and stored rows
     again = CliRunner().invoke(app, ["demo", "--budget", "tiny", "--protocol", "mnist-linf-tiny-v1",
-                                     "--home", str(home)])
+                                     "--home", str(home), "--jobs", "1"])
     assert again.exit_code == 0 and again.output.count("reused:") == 4  # checkpoints
     assert again.output.count(": reused (") == 4  # stored sanity checks of the same suite
     with sqlite3.connect(home / "gauntlet.db") as con:  # every run has every check, with its evidence
