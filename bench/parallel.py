@@ -75,7 +75,11 @@ def default_jobs(device: str, n_tasks: int) -> int:
 
 
 def plan(ws: Workspace, entry_ids: list[str], protocol_name: str, budget: str, seed: int) -> dict[Task, set[Task]]:
-    """The demo's tasks, each with the tasks it waits for, in the order they should start."""
+    """The demo's tasks, each with the tasks it waits for, in the order they should start.
+
+    Longest first, as a list scheduler should: trainings, then evaluation slices, then checks,
+    each by the entry's training cost (see :func:`training_cost`).
+    """
     from bench.jobs import surrogate_keys, trained_entry_id
     from bench.protocol import get_protocol
 
@@ -92,13 +96,13 @@ def plan(ws: Workspace, entry_ids: list[str], protocol_name: str, budget: str, s
         model_id = model_of[entry_id]
         trains.setdefault(model_id, Task("train", model_id, budget, seed))
         deps.setdefault(trains[model_id], set())
+    slices = {e: [Task("evaluate", e, budget, seed, c0, min(c0 + protocol.chunk_size, protocol.n_samples))
+                  for c0 in range(0, protocol.n_samples, protocol.chunk_size)] for e in entry_ids}
     for entry_id in entry_ids:
-        needs = {trains[model_of[entry_id]], *surrogates}
-        slices = [Task("evaluate", entry_id, budget, seed, c0, min(c0 + protocol.chunk_size, protocol.n_samples))
-                  for c0 in range(0, protocol.n_samples, protocol.chunk_size)]
-        for task in slices:
-            deps[task] = set(needs)
-        deps[Task("check", entry_id, budget, seed)] = set(slices)
+        for task in slices[entry_id]:
+            deps[task] = {trains[model_of[entry_id]], *surrogates}
+    for entry_id in entry_ids:  # after every evaluation: the short checks fill the pool's last gaps
+        deps[Task("check", entry_id, budget, seed)] = set(slices[entry_id])
     return deps
 
 
