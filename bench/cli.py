@@ -17,6 +17,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from bench.errors import AttackContractError, BenchError
+from bench.jobs import resolve_target
 from bench.workspace import Workspace
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
@@ -166,13 +167,6 @@ def train(
     _do_train(_ws(home), entry, dataset, budget, seed, data_dir, _check_device(device), force)
 
 
-def _resolve_target(ws: Workspace, entry_id: str, protocol_name: str, budget: str, seed: int,
-                    checkpoint: str | None) -> tuple[Any, Any]:
-    from bench.jobs import resolve_target
-
-    return resolve_target(ws, entry_id, protocol_name, budget, seed, checkpoint)
-
-
 def _do_evaluate(ws: Workspace, db: str | None, entry_id: str, protocol_name: str, budget: str, seed: int,
                  checkpoint: str | None, data_dir: str | None, device: str, start: int, stop: int | None,
                  batch_size: int | None, checks: bool = True) -> int:
@@ -181,7 +175,7 @@ def _do_evaluate(ws: Workspace, db: str | None, entry_id: str, protocol_name: st
 
     if batch_size is not None and batch_size < 1:
         raise BenchError("--batch-size must be >= 1")
-    protocol, target = _resolve_target(ws, entry_id, protocol_name, budget, seed, checkpoint)
+    protocol, target = resolve_target(ws, entry_id, protocol_name, budget, seed, checkpoint)
     store = _store(ws, db)
     with _progress() as prog:
         task = prog.add_task(f"evaluate {entry_id} on {protocol_name}", total=None)
@@ -266,7 +260,7 @@ def check(
 ) -> None:
     """(Re-)run the sanity checks of a complete stored run and store them with their evidence."""
     ws = _ws(home)
-    proto, target = _resolve_target(ws, entry, protocol, budget, seed, checkpoint)
+    proto, target = resolve_target(ws, entry, protocol, budget, seed, checkpoint)
     store = _store(ws, db)
     run = next((r for r in store.runs() if r.entry_id == entry and r.fingerprint == proto.fingerprint
                 and r.checkpoint_sha256 == target.weights_sha256), None)
@@ -414,6 +408,10 @@ def demo(
 
     tasks = plan(ws, ids, protocol, budget, seed)
     jobs = jobs or default_jobs(device, len(tasks))
+    from bench.storage import normalize_url
+
+    if jobs > 1 and normalize_url(db or ws.db_url) in ("sqlite://", "sqlite:///:memory:"):
+        jobs = 1  # an in-memory database lives in one process
     t0 = time.perf_counter()
     if jobs == 1:
         for entry_id in ids:

@@ -22,6 +22,7 @@ import os
 import time
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from multiprocessing import get_context
 
@@ -143,7 +144,12 @@ def run_pool(deps: dict[Task, set[Task]], ctx: PoolContext, jobs: int,
             finished, _ = wait(running, return_when=FIRST_COMPLETED)
             for future in finished:
                 task, t0 = running.pop(future)
-                message, run_id = future.result()  # a worker's exception is raised here
+                try:
+                    message, run_id = future.result()  # a worker's exception is raised here
+                except BrokenProcessPool:
+                    raise BenchError(f"a worker process died during '{task.label()}' (out of memory? try fewer "
+                                     "--jobs); stored results are kept, run the same command again to resume") \
+                        from None
                 done[task] = run_id
                 if on_done is not None:
                     on_done(task, message, time.perf_counter() - t0)

@@ -12,7 +12,9 @@ from torch import nn
 from attacks.base import AttackOutput
 from bench.protocol import AttackSpec, Protocol
 
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+# Two threads unless GAUNTLET_TEST_THREADS says otherwise (use 1 on a machine busy with other work:
+# OpenMP threads spin-wait, and two of them beside another process run several times slower).
+torch.set_num_threads(int(os.environ.get("GAUNTLET_TEST_THREADS", min(2, os.cpu_count() or 1))))
 
 
 class Linear(nn.Module):

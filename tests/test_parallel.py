@@ -57,3 +57,34 @@ def test_a_failing_worker_ends_the_demo_with_one_error_line(tmp_path: Path) -> N
     lines = result.output.strip().splitlines()
     assert lines[-1].startswith("error:") and str(missing) in lines[-1], result.output
     assert "Traceback" not in result.output
+
+
+CRASHING = '''
+import os
+
+from registry import Entry, Paper
+from defenses.training import Budget, Recipe
+
+
+def crash(*_args):
+    os._exit(3)  # a defense that takes its process down: no exception to pickle back
+
+
+ENTRY = Entry(
+    id="crashes", name="crashes", description="Its model factory ends the process.",
+    paper=Paper("none", "nobody", "arXiv 2026"), kind="standard", architectures={"mnist": crash},
+    recipe=Recipe("ce", {}, {"mnist": {"tiny": Budget(epochs=1, batch_size=64, lr=2e-3, optimizer="adam",
+                                                      train_samples=64)}}),
+)
+'''
+
+
+def test_a_dead_worker_is_reported_in_one_line(tmp_path: Path) -> None:
+    home = str(tmp_path / "ws")
+    (tmp_path / "crash.py").write_text(CRASHING)
+    assert CliRunner().invoke(app, ["submit", str(tmp_path / "crash.py"), "--home", home]).exit_code == 0
+    result = CliRunner().invoke(app, ["demo", "--entries", "crashes", "--budget", "tiny",
+                                      "--protocol", "mnist-linf-tiny-v1", "--home", home, "--jobs", "2"])
+    assert result.exit_code == 1, result.output
+    last = result.output.strip().splitlines()[-1]
+    assert last.startswith("error: a worker process died during 'train crashes'"), result.output
