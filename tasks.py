@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Developer tasks: ``python tasks.py install|demo|test|test-slow|lint|perf``.
+"""Developer tasks: ``python tasks.py install|demo|test|test-slow|lint|perf|perf-demo``.
 
 Plain Python (no task-runner dependency) so it works on a fresh machine with only Python 3.11.
 """
@@ -49,7 +49,29 @@ def perf() -> None:
     sh(str(BIN / "bench"), "perf")
 
 
-TASKS = {"install": install, "demo": demo, "test": test, "test-slow": test_slow, "lint": lint, "perf": perf}
+def perf_demo() -> None:
+    """``bench demo`` in one process (--jobs 1) and on its process pool (one per CPU), side by side.
+
+    Each run trains and evaluates from scratch in its own temporary workspace. Extra demo arguments
+    come from $PERF_DEMO_ARGS (e.g. "--entries standard,trades" for a shorter comparison).
+    """
+    import shlex
+    import tempfile
+    import time
+
+    extra = shlex.split(os.environ.get("PERF_DEMO_ARGS", ""))
+    wall = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for jobs in ("1", "0"):
+            t0 = time.perf_counter()
+            sh(str(BIN / "bench"), "demo", "--home", f"{tmp}/jobs-{jobs}", "--jobs", jobs, *extra)
+            wall[jobs] = time.perf_counter() - t0
+    print(f"bench demo {' '.join(extra)}: one process {wall['1']:.0f} s, process pool {wall['0']:.0f} s, "
+          f"pool speed-up {wall['1'] / wall['0']:.2f}x", flush=True)
+
+
+TASKS = {"install": install, "demo": demo, "test": test, "test-slow": test_slow, "lint": lint, "perf": perf,
+         "perf-demo": perf_demo}
 
 if __name__ == "__main__":
     if len(sys.argv) != 2 or sys.argv[1] not in TASKS:

@@ -1,8 +1,9 @@
 """Run a batch of train / evaluate / check work in worker processes, each with its own torch threads.
 
-Why: on a small CPU machine torch's intra-op threads scale poorly on MNIST-sized batches (two
-threads evaluate about 1.3x faster than one), while separate processes scale almost linearly.
-So ``bench demo`` splits its work into a small dependency graph and runs it on a process pool:
+Why: torch's intra-op threads do not scale linearly on MNIST-sized work (on a 2-core machine the
+demo's training and attacks run about 1.6x faster on two threads than on one), while separate
+one-thread processes do. So ``bench demo`` splits its work into a small dependency graph and runs
+it on a process pool:
 
 - ``train(e)`` for every model the entries use (a wrapped entry trains the model it wraps) and
   for the protocol's transfer surrogates;
