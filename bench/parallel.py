@@ -120,7 +120,6 @@ def training_cost(ws: Workspace, entry_id: str, dataset: str, budget: str) -> fl
 
 
 def run_pool(deps: dict[Task, set[Task]], ctx: PoolContext, jobs: int,
-             on_start: Callable[[Task], None] | None = None,
              on_done: Callable[[Task, str, float], None] | None = None) -> dict[Task, int | None]:
     """Run the tasks on ``jobs`` spawned processes, a task as soon as its dependencies are done.
 
@@ -137,8 +136,6 @@ def run_pool(deps: dict[Task, set[Task]], ctx: PoolContext, jobs: int,
             for task in ready[: jobs - len(running)]:
                 del pending[task]
                 running[pool.submit(_run_task, task, ctx)] = (task, time.perf_counter())
-                if on_start is not None:
-                    on_start(task)
             if not running:
                 raise BenchError("internal error: tasks wait for each other: "
                                  + ", ".join(t.label() for t in pending))
