@@ -92,9 +92,32 @@ def run_perf(entry: Entry, dataset: str, batch: int, eps: float, budget: str, ws
 
     theirs = probe("pyautoattack direct", direct)
     results["aa_ours_over_direct"] = ours / theirs
+    frozen, trainable, same = _fab_freeze_probe(aa, model, x, y, eps, seed, dev)
+    results["fab_trainable_over_frozen"] = trainable / frozen
     console.print(table)
     console.print("AutoAttack stage seconds per sub-attack: "
                   + ", ".join(f"{k} {v:.1f}" for k, v in aa.seconds.items()), highlight=False)
     console.print(f"one forward+backward: {fb * 1e3:.3f} ms/sample; one forward: {f * 1e3:.3f} ms/sample; "
                   f"AutoAttack ours / pyautoattack direct = {ours / theirs:.2f}", highlight=False)
+    console.print(f"FAB-T with trainable parameters {trainable:.2f} s, with frozen ones (as the engine runs it) "
+                  f"{frozen:.2f} s: {trainable / frozen:.2f}x; identical adversarial inputs: {same}", highlight=False)
     return results
+
+
+def _fab_freeze_probe(aa: AutoAttackStandard, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float,
+                      seed: int, dev: torch.device) -> tuple[float, float, bool]:
+    """pyautoattack's FAB-T (it calls ``.backward()``) with frozen, then trainable parameters:
+    seconds of each and whether their adversarial inputs are identical. Parameters end frozen."""
+    seconds, outputs = [], []
+    for frozen in (True, False):
+        for p in model.parameters():
+            p.requires_grad_(not frozen)
+        fab = aa.make(model, eps, seed, dev).fab
+        fab.targeted, fab.n_restarts, fab.seed = True, 1, seed
+        t0 = time.perf_counter()
+        with torch.random.fork_rng(devices=[]):
+            outputs.append(fab.perturb(x, y))
+        seconds.append(time.perf_counter() - t0)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return seconds[0], seconds[1], torch.equal(outputs[0], outputs[1])
