@@ -382,8 +382,9 @@ def demo(
                           "protocol's dataset).")] = None,
     seed: Annotated[int, typer.Option(help="Training seed.")] = 0,
     jobs: Annotated[int, typer.Option(
-        "--jobs", "-j", help="Worker processes: 0 = one per CPU (at most 8) on a CPU device, one on a GPU. "
-                             "With more than one, training, evaluation chunks and checks run side by side.")] = 0,
+        "--jobs", "-j", help="Worker processes: 0 = one per CPU for at least two entries each (at most 8) on a "
+                             "CPU device, one on a GPU. With more than one, training, evaluation chunks and "
+                             "checks run side by side, one torch thread per process.")] = 0,
     home: HomeOpt = None, db: DbOpt = None, data_dir: DataOpt = None, device: DeviceOpt = "cpu",
     download: DownloadOpt = False,
 ) -> None:
@@ -407,7 +408,7 @@ def demo(
     from bench.parallel import default_jobs, plan
 
     tasks = plan(ws, ids, protocol, budget, seed)
-    jobs = jobs or default_jobs(device, len(tasks))
+    jobs = jobs or default_jobs(device, len(ids))
     from bench.storage import normalize_url
 
     if jobs > 1 and normalize_url(db or ws.db_url) in ("sqlite://", "sqlite:///:memory:"):

@@ -69,11 +69,17 @@ def usable_cpus() -> int:
         return os.cpu_count() or 1
 
 
-def default_jobs(device: str, n_tasks: int) -> int:
-    """One process per CPU (at most 8, each holds a copy of the data), one for a GPU device."""
+def default_jobs(device: str, n_entries: int) -> int:
+    """One process per CPU for at least two entries each (at most 8: each holds a copy of the data);
+    one for a GPU device.
+
+    With fewer entries a one-thread process is left alone with a long training on the critical
+    path: on 2 cores the pool ran the 2-entry demo 0.85x as fast as one two-thread process
+    (``PERF_DEMO_ARGS="--entries standard,trades" python tasks.py perf-demo``).
+    """
     if not device.startswith("cpu"):
         return 1
-    return max(1, min(usable_cpus(), 8, n_tasks))
+    return max(1, min(usable_cpus(), 8, n_entries // 2))
 
 
 def plan(ws: Workspace, entry_ids: list[str], protocol_name: str, budget: str, seed: int) -> dict[Task, set[Task]]:

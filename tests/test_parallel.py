@@ -88,3 +88,13 @@ def test_a_dead_worker_is_reported_in_one_line(tmp_path: Path) -> None:
     assert result.exit_code == 1, result.output
     last = result.output.strip().splitlines()[-1]
     assert last.startswith("error: a worker process died during 'train crashes'"), result.output
+
+
+def test_default_jobs_gives_each_process_two_entries(monkeypatch) -> None:
+    import bench.parallel as parallel
+
+    monkeypatch.setattr(parallel, "usable_cpus", lambda: 2)
+    assert [parallel.default_jobs("cpu", n) for n in (1, 2, 3, 4, 23)] == [1, 1, 1, 2, 2]
+    assert parallel.default_jobs("cuda", 23) == 1
+    monkeypatch.setattr(parallel, "usable_cpus", lambda: 16)
+    assert parallel.default_jobs("cpu", 23) == 8 and parallel.default_jobs("cpu", 9) == 4
