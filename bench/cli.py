@@ -356,6 +356,7 @@ def _run_tasks(ws: Workspace, db: str | None, tasks: dict, protocol: str, data_d
     """Run a :func:`bench.parallel.plan` on ``jobs`` processes; returns each checked entry's run id."""
     from bench.parallel import PoolContext, run_pool, usable_cpus
 
+    _store(ws, db)  # create or upgrade the schema here, once: workers opening a new database together would race
     threads = max(1, usable_cpus() // jobs)
     ctx = PoolContext(str(ws.root), db, protocol, data_dir, device, threads, download)
     out.print(f"{len(tasks)} tasks on {jobs} worker processes, {threads} torch thread(s) each", highlight=False)
