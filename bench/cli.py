@@ -130,11 +130,13 @@ def entries(home: HomeOpt = None) -> None:
 def _do_train(ws: Workspace, entry_id: str, dataset: str, budget: str, seed: int, data_dir: str | None,
               device: str, force: bool) -> Any:
     from bench.checkpoints import train_entry
+    from bench.jobs import trained_entry_id
 
+    model_id = trained_entry_id(ws, entry_id)
+    if model_id != entry_id:  # a test-time or alternative-metric entry: train the model it wraps
+        out.print(f"{entry_id} wraps {model_id}: training {model_id}")
+        entry_id = model_id
     entry = _entry(ws, entry_id)
-    if entry.wraps is not None:  # a test-time defense: train the model it wraps
-        out.print(f"{entry_id} is a test-time defense around {entry.wraps}: training {entry.wraps}")
-        entry_id, entry = entry.wraps, _entry(ws, entry.wraps)
     with _progress() as prog:
         task = prog.add_task(f"train {entry_id} ({dataset}, {budget})", total=None)
 
@@ -195,21 +197,14 @@ def _do_evaluate(ws: Workspace, db: str | None, entry_id: str, protocol_name: st
 def _do_checks(store: Any, run_id: int, model: Any, data_dir: str | None, device: str,
                batch_size: int | None, force: bool = True) -> None:
     """Run (or, unless ``force``, reuse when stored under the current suite) a run's sanity checks."""
-    from bench.checks import run_checks
-    from bench.jobs import checks_report, current_checks
+    from bench.jobs import check_run
 
-    stored = None if force else current_checks(store, run_id)
-    if stored is not None:
-        out.print(f"checks of run {run_id}: reused ({sum(c.status == 'fail' for c in stored)} failed)",
-                  highlight=False)
-        return
     t0 = time.perf_counter()
     with _progress() as prog:
         task = prog.add_task(f"checks of run {run_id}", total=None)
-        results = run_checks(store, run_id, model, data_dir=data_dir, device=device, batch_size=batch_size,
-                             progress=lambda label: prog.update(task, description=f"checks: {label}"))
-    out.print(f"checks of run {run_id} ({time.perf_counter() - t0:.0f} s): {checks_report(results)}",
-              highlight=False, markup=False)
+        report = check_run(store, run_id, model, data_dir=data_dir, device=device, batch_size=batch_size,
+                           force=force, progress=lambda label: prog.update(task, description=f"checks: {label}"))
+    out.print(f"checks of run {run_id} ({time.perf_counter() - t0:.0f} s): {report}", highlight=False, markup=False)
 
 
 def _print_summary(ws: Workspace, db: str | None, run_id: int) -> None:

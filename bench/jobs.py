@@ -84,3 +84,17 @@ def checks_report(results: list[Any]) -> str:
     verdict = ("evaluation possibly unreliable" if any(r.severity == "unreliable" for r in failed)
                else "no unreliable flag")
     return verdict + "".join(f"\n  [{r.severity}] {r.name}: {r.summary}" for r in failed)
+
+
+def check_run(store: Any, run_id: int, model: Any, *, data_dir: str | None, device: str,
+              batch_size: int | None = None, force: bool = True, progress: Any = None) -> str:
+    """Run a run's sanity checks (unless ``force`` is off and the current suite's rows are stored,
+    which are reused) and return the report: the verdict, then a line per failed check."""
+    from bench.checks import run_checks
+
+    stored = None if force else current_checks(store, run_id)
+    if stored is not None:
+        return f"reused ({sum(c.status == 'fail' for c in stored)} failed)"
+    results = run_checks(store, run_id, model, data_dir=data_dir, device=device, batch_size=batch_size,
+                         progress=progress)
+    return checks_report(results)

@@ -210,17 +210,13 @@ def _run_task(task: Task, ctx: PoolContext) -> tuple[str, int | None]:
                           device=ctx.device, surrogates=surrogates)
         return f"run {run_id}: samples {task.start}:{task.stop} stored", run_id
     if task.kind == "check":
-        from bench.checks import run_checks
-        from bench.jobs import checks_report, current_checks
+        from bench.jobs import check_run
 
         run = next((r for r in store.runs() if r.entry_id == target.entry.id
                     and r.fingerprint == protocol.fingerprint and r.checkpoint_sha256 == target.weights_sha256),
                    None)
         if run is None:
             raise BenchError(f"no stored run of {task.entry_id} on {ctx.protocol} to check")
-        stored = current_checks(store, run.id)
-        if stored is not None:
-            return f"checks of run {run.id}: reused ({sum(c.status == 'fail' for c in stored)} failed)", run.id
-        results = run_checks(store, run.id, target.model, data_dir=ctx.data_dir, device=ctx.device)
-        return f"checks of run {run.id}: {checks_report(results)}", run.id
+        report = check_run(store, run.id, target.model, data_dir=ctx.data_dir, device=ctx.device, force=False)
+        return f"checks of run {run.id}: {report}", run.id
     raise BenchError(f"unknown task kind {task.kind!r}")
