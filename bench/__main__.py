@@ -1,5 +1,5 @@
 """`python -m bench` runs the CLI."""
 
-from bench.cli import main
+from bench.cli.app import main
 
 main()

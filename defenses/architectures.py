@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bench.errors import BenchError
+from defenses.errors import DefenseError
 
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2471, 0.2435, 0.2616)
@@ -233,4 +233,4 @@ def build_architecture(name: str) -> nn.Module:
     try:
         return ARCHITECTURES[name]()
     except KeyError:
-        raise BenchError(f"unknown architecture {name!r}; known: {', '.join(ARCHITECTURES)}") from None
+        raise DefenseError(f"unknown architecture {name!r}; known: {', '.join(ARCHITECTURES)}") from None

@@ -1,14 +1,13 @@
 """Render the static, offline leaderboard: ``index.html`` plus one page per evaluated run.
 
 Runs are grouped by protocol fingerprint (never mixed) and ranked by worst-case accuracy at the
-primary epsilon. Every figure is computed from stored rows by :mod:`bench.metrics`; the paper's
+primary epsilon. Every figure is computed from stored rows by :mod:`bench.store.summary`; the paper's
 claims come from the registry entry when it is still registered.
 """
 
 from __future__ import annotations
 
 import json
-import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,8 +15,10 @@ from pathlib import Path
 from jinja2 import Environment, PackageLoader, select_autoescape
 
 from bench import code_version
-from bench.metrics import RunSummary, summarize_all
-from bench.storage import Store, now
+from bench.report.naming import headline_claim, same_eps
+from bench.report.naming import run_slug as slug_of
+from bench.report.summary import CheckedSummary, summarize_all
+from bench.store.database import Store, now
 from leaderboard.curves import entry_curves
 from leaderboard.findings import findings
 from registry.entry import Claim, Entry
@@ -55,22 +56,9 @@ def fmt_pct(value: float | None) -> str:
     return "–" if value is None or value != value else f"{value:.1f}"
 
 
-def run_slug(s: RunSummary) -> str:
-    safe = re.sub(r"[^a-z0-9._-]", "_", s.run.entry_id.lower())
-    return f"{safe}--{s.run.protocol}--run{s.run.id}"
-
-
-def same_eps(a: float, b: float) -> bool:
-    """Claims quote eps rounded (0.031 for 8/255): equal within 2e-3 counts as the same budget."""
-    return abs(a - b) < 2e-3
-
-
-def headline_claim(entry: Entry | None, dataset: str, eps: float) -> Claim | None:
-    """The paper's lowest robust number at this eps (its strongest reported attack)."""
-    if entry is None:
-        return None
-    claims = [c for c in entry.claims_for(dataset) if same_eps(c.eps, eps) and c.robust is not None]
-    return min(claims, key=lambda c: c.robust) if claims else None  # type: ignore[arg-type, return-value]
+def run_slug(s: CheckedSummary) -> str:
+    """The file name of a run's page (see :func:`bench.report.naming.run_slug`)."""
+    return slug_of(s.run)
 
 
 def build_site(store: Store, out: Path, entries: dict[str, Entry]) -> Path:
@@ -80,7 +68,7 @@ def build_site(store: Store, out: Path, entries: dict[str, Entry]) -> Path:
     env.filters["attack_desc"] = attack_desc
     env.filters["value"] = lambda v: "" if v is None or v != v else f"{v:.4f}"
     summaries = summarize_all(store)
-    groups: dict[str, list[RunSummary]] = {}
+    groups: dict[str, list[CheckedSummary]] = {}
     for s in summaries:
         groups.setdefault(s.run.fingerprint, []).append(s)
     out.mkdir(parents=True, exist_ok=True)
@@ -132,13 +120,13 @@ def build_site(store: Store, out: Path, entries: dict[str, Entry]) -> Path:
     return out / "index.html"
 
 
-def adaptive_accuracy(s: RunSummary) -> float | None:
+def adaptive_accuracy(s: CheckedSummary) -> float | None:
     """Accuracy after the entry's declared adaptive attacks at the primary eps (None if none ran)."""
     labels = [a for a in s.adaptive_applied if (a, s.primary_eps) in s.cells]
     return s.cells[(labels[-1], s.primary_eps)].accuracy if labels else None
 
 
-def compare_protocols(summaries: list[RunSummary]) -> list[dict]:
+def compare_protocols(summaries: list[CheckedSummary]) -> list[dict]:
     """Per dataset with runs under several protocols (v1 and v2): each entry's worst case at the primary
     eps under each, side by side (the latest run per entry and protocol)."""
     out = []
@@ -148,7 +136,7 @@ def compare_protocols(summaries: list[RunSummary]) -> list[dict]:
         names = sorted({s.run.protocol for s in runs})
         if len(names) < 2:
             continue
-        cells: dict[str, dict[str, RunSummary]] = {}
+        cells: dict[str, dict[str, CheckedSummary]] = {}
         for s in runs:
             cells.setdefault(s.run.entry_id, {})[s.run.protocol] = s
         rows = [{"entry": e, "by": {n: (by[n].worst.get(by[n].primary_eps) if n in by else None) for n in names},
@@ -158,7 +146,7 @@ def compare_protocols(summaries: list[RunSummary]) -> list[dict]:
     return out
 
 
-def _claim_diff(s: RunSummary, c: Claim) -> float | None:
+def _claim_diff(s: CheckedSummary, c: Claim) -> float | None:
     """Our worst case minus the claimed robust accuracy, when the claim's eps is on our grid."""
     close = [e for e in s.epsilons if same_eps(e, c.eps)]
     if not close or c.robust is None or s.worst.get(close[0]) is None:

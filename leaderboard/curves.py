@@ -14,11 +14,11 @@ import re
 
 from markupsafe import Markup
 
-from bench.metrics import RunSummary
+from bench.report.summary import CheckedSummary
 from leaderboard.svg import ecdf_chart, line_chart
 
 
-def entry_curves(s: RunSummary) -> dict[str, Markup]:
+def entry_curves(s: CheckedSummary) -> dict[str, Markup]:
     out: dict[str, Markup] = {}
     zero = (0.0, s.clean_acc)
     series = [(a, [zero] + [(e, s.cells[(a, e)].accuracy) for e in s.epsilons if (a, e) in s.cells])

@@ -14,7 +14,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from bench.metrics import RunSummary
+from bench.report.summary import CheckedSummary
 from registry.entry import Entry
 
 PREFERENCE = ("mnist-linf-v2", "mnist-linf-quick-v2", "mnist-linf-v1", "mnist-linf-quick-v1")
@@ -28,10 +28,10 @@ class Finding:
     claim: str
     status: str
     evidence: str
-    runs: list[RunSummary] = field(default_factory=list)
+    runs: list[CheckedSummary] = field(default_factory=list)
 
 
-def _pick(summaries: list[RunSummary], entry_id: str, protocol: str | None = None) -> RunSummary | None:
+def _pick(summaries: list[CheckedSummary], entry_id: str, protocol: str | None = None) -> CheckedSummary | None:
     names = (protocol,) if protocol else PREFERENCE
     for name in names:
         runs = [s for s in summaries if s.run.entry_id == entry_id and s.run.protocol == name and s.complete]
@@ -40,7 +40,7 @@ def _pick(summaries: list[RunSummary], entry_id: str, protocol: str | None = Non
     return None
 
 
-def _pair(summaries: list[RunSummary], a: str, b: str) -> tuple[RunSummary | None, RunSummary | None]:
+def _pair(summaries: list[CheckedSummary], a: str, b: str) -> tuple[CheckedSummary | None, CheckedSummary | None]:
     """The two entries' runs under the most thorough protocol both completed."""
     for name in PREFERENCE:
         ra, rb = _pick(summaries, a, name), _pick(summaries, b, name)
@@ -55,11 +55,11 @@ def noise(p1: float, n1: int, p2: float, n2: int) -> float:
     return 200.0 * math.sqrt(var)
 
 
-def _worst(s: RunSummary) -> float:
+def _worst(s: CheckedSummary) -> float:
     return s.worst.get(s.primary_eps, float("nan"))
 
 
-def _pgd20(s: RunSummary) -> tuple[float, int, str]:
+def _pgd20(s: CheckedSummary) -> tuple[float, int, str]:
     """PGD-20 accuracy at the primary eps: the v2 probe, else the cascade's PGD-CE stage."""
     probe = s.extras.get("probe-steps-20")
     if probe is not None and probe.n:
@@ -69,8 +69,8 @@ def _pgd20(s: RunSummary) -> tuple[float, int, str]:
     return (cell.accuracy if cell else float("nan")), (cell.n if cell else 0), f"the cascade's PGD-{steps} (CE)"
 
 
-def _better(summaries: list[RunSummary], paper: str, claim: str, a: str, b: str,
-            metric: Callable[[RunSummary], tuple[float, int, str]]) -> Finding:
+def _better(summaries: list[CheckedSummary], paper: str, claim: str, a: str, b: str,
+            metric: Callable[[CheckedSummary], tuple[float, int, str]]) -> Finding:
     """Claim: entry a is more robust than entry b under ``metric``."""
     ra, rb = _pair(summaries, a, b)
     if ra is None or rb is None:
@@ -83,11 +83,11 @@ def _better(summaries: list[RunSummary], paper: str, claim: str, a: str, b: str,
                    f"sampling noise ±{margin:.1f})", [ra, rb])
 
 
-def _worst_metric(s: RunSummary) -> tuple[float, int, str]:
+def _worst_metric(s: CheckedSummary) -> tuple[float, int, str]:
     return _worst(s), s.run.n_samples, f"worst case at eps {s.primary_eps:g}"
 
 
-def _obfuscation(summaries: list[RunSummary], paper: str, entry: str) -> Finding:
+def _obfuscation(summaries: list[CheckedSummary], paper: str, entry: str) -> Finding:
     claim = f"{entry} without adversarial training shows gradient obfuscation"
     s = _pick(summaries, entry)
     if s is None:
@@ -108,7 +108,7 @@ def _obfuscation(summaries: list[RunSummary], paper: str, entry: str) -> Finding
                    f"{s.primary_eps:g}: {_worst(s):.1f}% (the standard attacks already break it){slow}", [s])
 
 
-def _noise_needed(summaries: list[RunSummary], paper: str) -> list[Finding]:
+def _noise_needed(summaries: list[CheckedSummary], paper: str) -> list[Finding]:
     out = []
     for noisy, plain in (("ls-noise", "ls-no-noise"), ("logit-squeeze-noise", "logit-squeeze-no-noise")):
         out.append(_better(summaries, paper, f"{noisy} is more robust than {plain} (Gaussian noise is what makes it "
@@ -121,7 +121,7 @@ def _noise_needed(summaries: list[RunSummary], paper: str) -> list[Finding]:
     return out
 
 
-def _detection(summaries: list[RunSummary], paper: str) -> list[Finding]:
+def _detection(summaries: list[CheckedSummary], paper: str) -> list[Finding]:
     claim = "RCE + K-density detects adversarial examples (detection ROC-AUC above 90% for every attack)"
     s = _pick(summaries, "rce-kd")
     if s is None or not s.detection_auc:
@@ -144,7 +144,7 @@ def _detection(summaries: list[RunSummary], paper: str) -> list[Finding]:
     return [f1, f2]
 
 
-def findings(summaries: list[RunSummary], entries: dict[str, Entry]) -> list[Finding]:
+def findings(summaries: list[CheckedSummary], entries: dict[str, Entry]) -> list[Finding]:
     """Every finding, in paper order (MNIST runs)."""
     unc = "Rethinking Uncertainty in Deep Learning (EntM, LS, PAT)"
     out = [_obfuscation(summaries, unc, "entm"), _obfuscation(summaries, unc, "ls"),

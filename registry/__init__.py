@@ -13,10 +13,10 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from bench.errors import BenchError
 from registry.builtin import BUILTIN_ENTRIES, DEMO_ENTRIES
 from registry.detectors import DETECTOR_ENTRIES
 from registry.entry import Claim, Entry, Paper
+from registry.errors import EntryError
 from registry.regularisers import REGULARISER_ENTRIES
 from registry.test_time import TEST_TIME_ENTRIES
 
@@ -28,26 +28,26 @@ def load_submission_file(path: Path) -> list[Entry]:
     """Import a submission file and return the entries it declares (one-line errors on failure)."""
     path = Path(path)
     if not path.is_file():
-        raise BenchError(f"submission file not found: {path}")
+        raise EntryError(f"submission file not found: {path}")
     if path.suffix != ".py":
-        raise BenchError(f"submission {path} must be a Python file (.py)")
+        raise EntryError(f"submission {path} must be a Python file (.py)")
     mod_name = f"gauntlet_submission_{abs(hash(str(path.resolve())))}"
     spec = importlib.util.spec_from_file_location(mod_name, path)
     if spec is None or spec.loader is None:
-        raise BenchError(f"cannot import submission {path}")
+        raise EntryError(f"cannot import submission {path}")
     module = importlib.util.module_from_spec(spec)
     sys.modules[mod_name] = module
     try:
         spec.loader.exec_module(module)
     except Exception as exc:  # any error in user code becomes one line
         sys.modules.pop(mod_name, None)
-        raise BenchError(f"submission {path} failed to load: {type(exc).__name__}: {exc}".splitlines()[0]) from None
+        raise EntryError(f"submission {path} failed to load: {type(exc).__name__}: {exc}".splitlines()[0]) from None
     found = getattr(module, "ENTRIES", None)
     if found is None:
         found = [module.ENTRY] if hasattr(module, "ENTRY") else []
     entries = list(found)
     if not entries or not all(isinstance(e, Entry) for e in entries):
-        raise BenchError(f"submission {path} must define ENTRY (an Entry) or ENTRIES (a list of Entry)")
+        raise EntryError(f"submission {path} must define ENTRY (an Entry) or ENTRIES (a list of Entry)")
     return [replace(e, source=str(path)) for e in entries]
 
 
@@ -68,7 +68,7 @@ def all_entries(submissions_dir: Path | None = None) -> dict[str, Entry]:
     entries: dict[str, Entry] = {e.id: e for e in ALL_BUILTIN}
     for e in _submitted(submissions_dir):
         if e.id in entries and entries[e.id].source == "builtin":
-            raise BenchError(f"submitted entry id {e.id!r} clashes with a built-in entry")
+            raise EntryError(f"submitted entry id {e.id!r} clashes with a built-in entry")
         entries[e.id] = e
     return entries
 
@@ -78,7 +78,7 @@ def get_entry(entry_id: str, submissions_dir: Path | None = None) -> Entry:
     try:
         return entries[entry_id]
     except KeyError:
-        raise BenchError(f"unknown entry {entry_id!r}; known: {', '.join(entries)}") from None
+        raise EntryError(f"unknown entry {entry_id!r}; known: {', '.join(entries)}") from None
 
 
 def submit_file(path: Path, submissions_dir: Path) -> list[Entry]:
@@ -87,13 +87,13 @@ def submit_file(path: Path, submissions_dir: Path) -> list[Entry]:
     builtin_ids = {e.id for e in ALL_BUILTIN}
     for e in entries:
         if e.id in builtin_ids:
-            raise BenchError(f"submitted entry id {e.id!r} clashes with a built-in entry")
+            raise EntryError(f"submitted entry id {e.id!r} clashes with a built-in entry")
     submissions_dir.mkdir(parents=True, exist_ok=True)
     target = submissions_dir / f"{entries[0].id}.py"
     others = {x.id: p for p in submissions_dir.glob("*.py") if p != target
               for x in load_submission_file(p)}
     for e in entries:
         if e.id in others:
-            raise BenchError(f"entry id {e.id!r} is already submitted in {others[e.id]}")
+            raise EntryError(f"entry id {e.id!r} is already submitted in {others[e.id]}")
     shutil.copyfile(path, target)
     return [replace(e, source=str(target)) for e in entries]

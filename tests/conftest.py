@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from attacks.base import AttackOutput
-from bench.protocol import AttackSpec, Protocol
+from bench.protocol.protocols import AttackSpec, Protocol
 
 # Two threads unless GAUNTLET_TEST_THREADS says otherwise (use 1 on a machine busy with other work:
 # OpenMP threads spin-wait, and two of them beside another process run several times slower).
@@ -51,7 +51,7 @@ def optimal_margin(model: Linear, x: torch.Tensor, y: torch.Tensor, eps: float) 
 @pytest.fixture
 def linear_mnist() -> Linear:
     """A linear classifier fitted in a second on 2,000 MNIST training images (about 85% accurate)."""
-    from bench.data import load_split
+    from bench.protocol.data import load_split
 
     x, y = load_split("mnist", "train")
     x, y = x[:2000].flatten(1), y[:2000]

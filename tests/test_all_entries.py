@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from bench.checkpoints import recipe_hash
-from bench.cli import app
-from bench.data import DATASETS
+from bench.cli.app import app
+from bench.models.checkpoints import recipe_hash
+from bench.protocol.data import DATASETS
 from defenses.architectures import ARCHITECTURES
 from registry import ALL_BUILTIN
 

@@ -237,7 +237,7 @@ def test_jsma_never_exceeds_its_l0_budget(fraction: float) -> None:
 
 
 def test_jsma_targeted_success_on_linear_mnist(linear_mnist: Linear) -> None:
-    from bench.data import load_split
+    from bench.protocol.data import load_split
 
     x, y = load_split("mnist", "test")
     x, y = x[:30], y[:30]

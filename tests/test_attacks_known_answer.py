@@ -51,7 +51,7 @@ def test_pgd_is_optimal_on_binary_linear_model(loss: str) -> None:
 
 
 def test_pgd_matches_optimum_on_multiclass_linear_model(linear_mnist: Linear) -> None:
-    from bench.data import load_split
+    from bench.protocol.data import load_split
 
     x, y = load_split("mnist", "test")
     x, y = x[:150], y[:150]

@@ -21,9 +21,9 @@ from typing import Any
 import pytest
 from torch import nn
 
-from bench.checks import CheckResult
-from bench.protocol import get_protocol
-from bench.storage import Result, Stage, Store
+from bench.checks.suite import CheckResult
+from bench.protocol.protocols import get_protocol
+from bench.store.database import Result, Stage, Store
 from leaderboard import build_site
 from registry.entry import Entry, Paper
 from tests.browser import ARGS, cell, column, ensure_chromium, import_playwright, number, rows, serve, watched_page

@@ -7,7 +7,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from bench.checks import (
+from bench.checks.probes import Outcome
+from bench.checks.suite import (
     CheckResult,
     beyond_noise,
     check_adaptive_gap,
@@ -15,9 +16,8 @@ from bench.checks import (
     check_steps,
     check_sweeps,
 )
-from bench.metrics import RunSummary
-from bench.probes import Outcome
-from bench.storage import Result
+from bench.report.summary import CheckedSummary
+from bench.store.database import Result
 from leaderboard.findings import FAILS, HOLDS, MISSING, UNCLEAR, _better, _worst_metric, noise
 
 PROTO = {"attacks": [{"label": "fgsm", "kind": "fgsm"}, {"label": "pgd-ce", "kind": "pgd"},
@@ -93,7 +93,7 @@ def test_steps_check_reads_the_loss_tail() -> None:
 def test_flagged_entry_is_ranked_with_the_samples_the_checks_broke() -> None:
     run = SimpleNamespace(n_samples=200)
     flag = CheckResult("not-converged", "fail", 2.0, "broke 4", {"exposed_at_primary": [3, 5, 8, 9]})
-    s = RunSummary(run=run, protocol={"primary_eps": 0.3}, n_evaluated=200, clean_correct=190, cells={},
+    s = CheckedSummary(run=run, protocol={"primary_eps": 0.3}, n_evaluated=200, clean_correct=190, cells={},
                    worst={0.3: 50.0}, complete=True, checks=[flag])
     assert s.unreliable and s.ranked_worst == pytest.approx(48.0)
     s.checks = [CheckResult("loss-still-moving", "fail", 0.2, "moving", {"exposed_at_primary": [3]})]

@@ -16,11 +16,11 @@ import pytest
 import torch
 from torch import nn
 
-from bench.checks import run_checks
-from bench.engine import EvalTarget, evaluate
-from bench.metrics import summarize
-from bench.protocol import AttackSpec, Protocol
-from bench.storage import Store
+from bench.checks.suite import run_checks
+from bench.engine.evaluate import EvalTarget, evaluate
+from bench.protocol.protocols import AttackSpec, Protocol
+from bench.report.summary import summarize
+from bench.store.database import Store
 from registry import get_entry
 
 EPS = (0.05, 0.1, 0.15, 0.2)
@@ -43,7 +43,7 @@ def _mlp() -> nn.Module:
 @pytest.fixture(scope="module")
 def honest() -> nn.Module:
     """PGD-AT (eps 0.1, 5 steps of 0.03, random start) for 3 epochs of 3,000 images."""
-    from bench.data import load_split
+    from bench.protocol.data import load_split
 
     torch.manual_seed(0)
     x, y = load_split("mnist", "train")

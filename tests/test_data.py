@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from bench.data import load_split, resolve_data_dir
 from bench.errors import BenchError
+from bench.protocol.data import load_split, resolve_data_dir
 
 
 def test_mnist_and_cifar10_load_from_the_shared_root() -> None:
@@ -57,7 +57,7 @@ def test_download_flag_reaches_torchvision(tmp_path: Path, monkeypatch: pytest.M
     import torch
     import torchvision.datasets
 
-    from bench import data
+    from bench.protocol import data
 
     seen = {}
 

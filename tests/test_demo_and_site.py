@@ -9,7 +9,7 @@ from pathlib import Path
 
 from typer.testing import CliRunner
 
-from bench.cli import app
+from bench.cli.app import app
 
 
 class CellParser(HTMLParser):
@@ -41,7 +41,7 @@ class CellParser(HTMLParser):
 
 def test_demo_end_to_end_tiny(tmp_path: Path) -> None:
     home = tmp_path / "ws"
-    # two worker processes: training, evaluation slices and checks side by side (bench.parallel)
+    # two worker processes: training, evaluation slices and checks side by side (bench.orchestration.pool)
     result = CliRunner().invoke(app, ["demo", "--budget", "tiny", "--protocol", "mnist-linf-tiny-v1",
                                       "--home", str(home), "--jobs", "2"])
     assert result.exit_code == 0, result.output

@@ -11,10 +11,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bench.data import load_split
-from bench.engine import EvalTarget, evaluate
-from bench.metrics import roc_auc, summarize
-from bench.storage import Store
+from bench.engine.evaluate import EvalTarget, evaluate
+from bench.protocol.data import load_split
+from bench.report.summary import summarize
+from bench.store.database import Store
+from bench.store.summary import roc_auc
 from defenses import losses
 from defenses.detectors import DetectorClassifier, log_kernel_density, non_me, threshold_at_fpr
 from registry import get_entry

@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from attacks import make_attack
-from bench.engine import EvalTarget, evaluate
+from bench.engine.evaluate import EvalTarget, evaluate
 from bench.errors import AttackContractError, BenchError
-from bench.metrics import summarize
-from bench.storage import Result, Store
+from bench.report.summary import summarize
+from bench.store.database import Result, Store
 from registry import get_entry
 from tests.conftest import EscapingAttack, Linear, small_protocol
 

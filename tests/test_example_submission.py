@@ -9,7 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from bench import REPO_ROOT
-from bench.cli import app
+from bench.cli.app import app
 
 
 @pytest.mark.slow

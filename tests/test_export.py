@@ -1,6 +1,6 @@
-"""bench.export: RobustBench-style JSON and per-sample CSV against rows written by hand (no training).
+"""bench.report.export: RobustBench-style JSON and per-sample CSV against rows written by hand (no training).
 
-Every expected figure is computed here from the rows the test itself stores, never by bench.metrics.
+Every expected figure is computed here from the rows the test itself stores, never by bench.store.summary.
 """
 
 from __future__ import annotations
@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 from torch import nn
 
-from bench.checks import CheckResult
+from bench.checks.suite import CheckResult
 from bench.errors import BenchError
-from bench.export import CSV_COLUMNS, export, export_csv, export_json
-from bench.protocol import AttackSpec, Protocol, get_protocol
-from bench.storage import Result, Stage, Store
+from bench.protocol.protocols import AttackSpec, Protocol, get_protocol
+from bench.report.export import CSV_COLUMNS, export, export_csv, export_json
+from bench.store.database import Result, Stage, Store
 from registry.entry import Claim, Entry, Paper
 
 # Two epsilons, AutoAttack at the primary one only: stages (fgsm, .1) (pgd-cw, .1) (fgsm, .3) (pgd-cw, .3)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from typer.testing import CliRunner
 
-from bench.cli import app
+from bench.cli.app import app
 
 ROWS = "select attack, eps, sample, attacked, success, robust_after, pred, round(linf, 6) from results order by 1, 2, 3"
 

@@ -1,4 +1,4 @@
-"""The demo's task graph (bench.parallel): what waits for what, and how a worker's failure ends it."""
+"""The demo's task graph (bench.orchestration.pool): what waits for what, and how a worker's failure ends it."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ from pathlib import Path
 
 from typer.testing import CliRunner
 
-from bench.cli import app
-from bench.parallel import Task, plan, training_cost
-from bench.workspace import Workspace
+from bench.cli.app import app
+from bench.orchestration.pool import Task, plan, training_cost
+from bench.store.workspace import Workspace
 
 
 def test_plan_trains_each_model_once_and_orders_the_work(tmp_path: Path) -> None:
@@ -91,7 +91,7 @@ def test_a_dead_worker_is_reported_in_one_line(tmp_path: Path) -> None:
 
 
 def test_default_jobs_gives_each_process_two_entries(monkeypatch) -> None:
-    import bench.parallel as parallel
+    import bench.orchestration.pool as parallel
 
     monkeypatch.setattr(parallel, "usable_cpus", lambda: 2)
     assert [parallel.default_jobs("cpu", n) for n in (1, 2, 3, 4, 23)] == [1, 1, 1, 2, 2]

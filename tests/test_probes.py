@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from attacks import make_attack
-from bench.data import load_split
-from bench.probes import PGDJob, PGDSetting, Prober, model_facts
+from bench.checks.probes import PGDJob, PGDSetting, Prober, model_facts
+from bench.protocol.data import load_split
 from tests.conftest import Linear, optimal_margin
 
 

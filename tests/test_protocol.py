@@ -7,7 +7,7 @@ from dataclasses import replace
 import pytest
 
 from bench.errors import BenchError
-from bench.protocol import PROTOCOLS, AttackSpec, get_protocol
+from bench.protocol.protocols import PROTOCOLS, AttackSpec, get_protocol
 
 PINNED = {
     "mnist-linf-v1": "b952ad65772d8662",

@@ -11,11 +11,11 @@ import torch
 
 from attacks import make_attack
 from attacks.min_norm import MinNormOutput
-from bench.engine import EvalTarget, evaluate
+from bench.engine.evaluate import EvalTarget, evaluate
 from bench.errors import AttackContractError
-from bench.metrics import summarize
-from bench.protocol import PROTOCOLS, AdaptiveSpec, AttackSpec, ExtraSpec, get_protocol
-from bench.storage import Store
+from bench.protocol.protocols import PROTOCOLS, AdaptiveSpec, AttackSpec, ExtraSpec, get_protocol
+from bench.report.summary import summarize
+from bench.store.database import Store
 from registry import ALL_BUILTIN, get_entry
 from tests.conftest import Linear, small_protocol
 

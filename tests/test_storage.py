@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from bench.engine import EvalTarget, evaluate
+from bench.engine.evaluate import EvalTarget, evaluate
 from bench.errors import BenchError
-from bench.storage import SCHEMA_VERSION, Store
+from bench.store.database import SCHEMA_VERSION, Store
 from registry import get_entry
 from tests.conftest import Linear, small_protocol
 

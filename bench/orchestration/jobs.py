@@ -1,7 +1,7 @@
 """The units of work the CLI and the demo's worker pool share: find an entry's trained model,
 and decide whether a run's stored sanity checks are still current.
 
-Kept free of any user interface so that worker processes (:mod:`bench.parallel`) run exactly
+Kept free of any user interface so that worker processes (:mod:`bench.orchestration.pool`) run exactly
 the code that ``bench evaluate`` and ``bench check`` run.
 """
 
@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.errors import BenchError
-from bench.workspace import Workspace
+from bench.store.workspace import Workspace
 
 
 def lookup(ws: Workspace, entry_id: str) -> Any:
@@ -38,9 +38,9 @@ def trained_entry_id(ws: Workspace, entry_id: str) -> str:
 def resolve_target(ws: Workspace, entry_id: str, protocol_name: str, budget: str, seed: int,
                    checkpoint: str | None = None) -> tuple[Any, Any]:
     """The protocol and the evaluated model (an EvalTarget) of an entry's checkpoint."""
-    from bench.checkpoints import resolve_model
-    from bench.engine import EvalTarget
-    from bench.protocol import get_protocol
+    from bench.engine.evaluate import EvalTarget
+    from bench.models.checkpoints import resolve_model
+    from bench.protocol.protocols import get_protocol
 
     protocol = get_protocol(protocol_name)
     entry = lookup(ws, entry_id)
@@ -55,7 +55,7 @@ def resolve_target(ws: Workspace, entry_id: str, protocol_name: str, budget: str
 
 def current_checks(store: Any, run_id: int) -> list[Any] | None:
     """The run's stored check rows if they were made by the current check suite, else None."""
-    from bench.checks import suite_for
+    from bench.checks.suite import suite_for
 
     run = next((r for r in store.runs() if r.id == run_id), None)
     if run is None:
@@ -90,7 +90,7 @@ def check_run(store: Any, run_id: int, model: Any, *, data_dir: str | None, devi
               batch_size: int | None = None, force: bool = True, progress: Any = None) -> str:
     """Run a run's sanity checks (unless ``force`` is off and the current suite's rows are stored,
     which are reused) and return the report: the verdict, then a line per failed check."""
-    from bench.checks import run_checks
+    from bench.checks.suite import run_checks
 
     stored = None if force else current_checks(store, run_id)
     if stored is not None:

@@ -21,8 +21,8 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from bench import code_version
-from bench.data import load_split
 from bench.errors import BenchError
+from bench.protocol.data import load_split
 from defenses.architectures import build_architecture
 from defenses.training import train_model
 from registry.entry import Entry

@@ -1,7 +1,7 @@
 """Sanity checks: is this evaluation trustworthy? (the trust layer behind the leaderboard's flags)
 
 Each check has a name, a threshold, a severity and evidence (counts, sample ids, figures). They are
-computed from the run's stored rows plus probes that need the model (:mod:`bench.probes`), and
+computed from the run's stored rows plus probes that need the model (:mod:`bench.checks.probes`), and
 stored with the run (``checks`` table) under the suite's fingerprint. A failed check of severity
 ``unreliable`` marks the entry "evaluation possibly unreliable" wherever it appears, and the entry
 is then ranked by its worst case including the samples that the checks' own attacks broke.
@@ -21,16 +21,13 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 import torch
 
 from bench import code_version
-from bench.probes import ModelFacts, Outcome, PGDJob, PGDSetting, Prober, model_facts
-from bench.storage import Check, Result, Store, now
-
-if TYPE_CHECKING:
-    from bench.metrics import RunSummary
+from bench.checks.probes import ModelFacts, Outcome, PGDJob, PGDSetting, Prober, model_facts
+from bench.store.database import Check, Result, Store, now
+from bench.store.summary import RunSummary, summarize_rows
 
 SUITE: dict = {  # thresholds and probe settings shared by both suites
     "name": "checks-v1",
@@ -462,17 +459,15 @@ def run_checks(store: Store, run_id: int, model: torch.nn.Module, *, data_dir: s
     """Run the suite on a stored run with its model and store the results (replacing earlier ones)."""
     from attacks import make_attack
     from attacks.base import prepare_model
-    from bench.data import load_split
+    from bench.engine.verify import DetectorRule, has_detector
     from bench.errors import BenchError
-    from bench.verify import DetectorRule, has_detector
+    from bench.protocol.data import load_split
 
     run = next((r for r in store.runs() if r.id == run_id), None)
     if run is None:
         raise BenchError(f"run {run_id} not found")
     proto = json.loads(run.protocol_json)
-    from bench.metrics import summarize  # here: bench.metrics imports this module
-
-    summary = summarize(store, run)
+    summary = summarize_rows(store, run)
     if not summary.complete:
         raise BenchError(f"run {run_id} ({run.entry_id} on {run.protocol}) is partial: finish it before checking it")
     rows = store.results(run_id)

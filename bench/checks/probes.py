@@ -1,4 +1,4 @@
-"""Model-side measurements behind the sanity checks (:mod:`bench.checks`).
+"""Model-side measurements behind the sanity checks (:mod:`bench.checks.suite`).
 
 Stored rows answer most questions about an evaluation, but some need the model itself: its input
 gradients, what its outputs look like, whether two identical forward passes agree, and extra
@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from attacks.base import Attack, attack_loss, per_sample_uniform
-from bench.verify import DetectorRule, adversarial_verdict, check_bounds
+from bench.engine.verify import DetectorRule, adversarial_verdict, check_bounds
 
 
 @dataclass

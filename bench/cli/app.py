@@ -16,9 +16,9 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from bench.errors import AttackContractError, BenchError
-from bench.jobs import resolve_target
-from bench.workspace import Workspace
+from bench.errors import AttackContractError, BenchError, user_errors
+from bench.orchestration.jobs import resolve_target
+from bench.store.workspace import Workspace
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Gauntlet: train, evaluate and rank adversarial-robustness defenses.")
@@ -50,13 +50,13 @@ def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
             return fn(*args, **kwargs)
         except typer.Exit:
             raise
-        except BenchError as exc:
-            _fail(str(exc))
         except AttackContractError as exc:
             _fail(f"attack contract violated (a bug, results not stored): {exc}", 3)
         except KeyboardInterrupt:
             _fail("interrupted; stored results are kept, run the same command again to resume", 130)
         except Exception as exc:
+            if isinstance(exc, user_errors()):
+                _fail(str(exc))
             if os.environ.get("GAUNTLET_DEBUG"):
                 raise
             _fail(f"internal error: {type(exc).__name__}: {exc}".splitlines()[0]
@@ -66,7 +66,7 @@ def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _set_download(flag: bool) -> None:
-    from bench.data import allow_download
+    from bench.protocol.data import allow_download
 
     allow_download(flag)
 
@@ -76,7 +76,7 @@ def _ws(home: str | None) -> Workspace:
 
 
 def _store(ws: Workspace, db: str | None):
-    from bench.storage import Store
+    from bench.store.database import Store
 
     return Store(db or ws.db_url)
 
@@ -88,7 +88,7 @@ def _entries(ws: Workspace):
 
 
 def _entry(ws: Workspace, entry_id: str):
-    from bench.jobs import lookup
+    from bench.orchestration.jobs import lookup
 
     return lookup(ws, entry_id)
 
@@ -129,8 +129,8 @@ def entries(home: HomeOpt = None) -> None:
 
 def _do_train(ws: Workspace, entry_id: str, dataset: str, budget: str, seed: int, data_dir: str | None,
               device: str, force: bool) -> Any:
-    from bench.checkpoints import train_entry
-    from bench.jobs import trained_entry_id
+    from bench.models.checkpoints import train_entry
+    from bench.orchestration.jobs import trained_entry_id
 
     model_id = trained_entry_id(ws, entry_id)
     if model_id != entry_id:  # a test-time or alternative-metric entry: train the model it wraps
@@ -163,7 +163,7 @@ def train(
 ) -> None:
     """Train an entry with its recipe and write a safetensors checkpoint (reused when it exists)."""
     _set_download(download)
-    from bench.data import dataset_info
+    from bench.protocol.data import dataset_info
 
     dataset_info(dataset)
     _do_train(_ws(home), entry, dataset, budget, seed, data_dir, _check_device(device), force)
@@ -172,8 +172,8 @@ def train(
 def _do_evaluate(ws: Workspace, db: str | None, entry_id: str, protocol_name: str, budget: str, seed: int,
                  checkpoint: str | None, data_dir: str | None, device: str, start: int, stop: int | None,
                  batch_size: int | None, checks: bool = True) -> int:
-    from bench.engine import evaluate
-    from bench.surrogates import WorkspaceSurrogates
+    from bench.engine.evaluate import evaluate
+    from bench.models.surrogates import WorkspaceSurrogates
 
     if batch_size is not None and batch_size < 1:
         raise BenchError("--batch-size must be >= 1")
@@ -197,7 +197,7 @@ def _do_evaluate(ws: Workspace, db: str | None, entry_id: str, protocol_name: st
 def _do_checks(store: Any, run_id: int, model: Any, data_dir: str | None, device: str,
                batch_size: int | None, force: bool = True) -> None:
     """Run (or, unless ``force``, reuse when stored under the current suite) a run's sanity checks."""
-    from bench.jobs import check_run
+    from bench.orchestration.jobs import check_run
 
     t0 = time.perf_counter()
     with _progress() as prog:
@@ -208,7 +208,7 @@ def _do_checks(store: Any, run_id: int, model: Any, data_dir: str | None, device
 
 
 def _print_summary(ws: Workspace, db: str | None, run_id: int) -> None:
-    from bench.metrics import summarize
+    from bench.report.summary import summarize
 
     store = _store(ws, db)
     run = next(r for r in store.runs() if r.id == run_id)
@@ -287,7 +287,7 @@ def export_cmd(
     home: HomeOpt = None, db: DbOpt = None,
 ) -> None:
     """Export every stored run as RobustBench-style JSON or per-sample CSV files."""
-    from bench.export import export
+    from bench.report.export import export
 
     ws = _ws(home)
     folder = Path(out_dir).resolve() if out_dir else ws.root / "export"
@@ -299,7 +299,7 @@ def export_cmd(
 @handle_errors
 def show(entry: Annotated[str, typer.Argument(help="Entry id.")], home: HomeOpt = None, db: DbOpt = None) -> None:
     """Show an entry's declaration and its stored evaluations (per attack and epsilon)."""
-    from bench.metrics import summarize
+    from bench.report.summary import summarize
 
     ws = _ws(home)
     e = _entry(ws, entry)
@@ -348,8 +348,8 @@ def submit(file: Annotated[str, typer.Argument(help="Python file defining ENTRY 
 
 def _run_tasks(ws: Workspace, db: str | None, tasks: dict, protocol: str, data_dir: str | None, device: str,
                jobs: int, download: bool) -> dict[str, int]:
-    """Run a :func:`bench.parallel.plan` on ``jobs`` processes; returns each checked entry's run id."""
-    from bench.parallel import PoolContext, run_pool, usable_cpus
+    """Run a :func:`bench.orchestration.pool.plan` on ``jobs`` processes; returns each checked entry's run id."""
+    from bench.orchestration.pool import PoolContext, run_pool, usable_cpus
 
     _store(ws, db)  # create or upgrade the schema here, once: workers opening a new database together would race
     threads = max(1, usable_cpus() // jobs)
@@ -386,7 +386,7 @@ def demo(
 ) -> None:
     """The main job: train the demo entries on MNIST, evaluate them, run their checks, build the leaderboard."""
     _set_download(download)
-    from bench.protocol import get_protocol
+    from bench.protocol.protocols import get_protocol
     from leaderboard import build_site
     from registry import DEMO_ENTRIES
 
@@ -401,11 +401,11 @@ def demo(
         _entry(ws, entry_id)
     if jobs < 0:
         raise BenchError("--jobs must be >= 0")
-    from bench.parallel import default_jobs, plan
+    from bench.orchestration.pool import default_jobs, plan
 
     tasks = plan(ws, ids, protocol, budget, seed)
     jobs = jobs or default_jobs(device, len(ids))
-    from bench.storage import normalize_url
+    from bench.store.database import normalize_url
 
     if jobs > 1 and normalize_url(db or ws.db_url) in ("sqlite://", "sqlite:///:memory:"):
         jobs = 1  # an in-memory database lives in one process
@@ -440,10 +440,10 @@ def perf(
 ) -> None:
     """Performance probe: attack time over (passes x one forward+backward), and ours vs pyautoattack."""
     _set_download(download)
-    from bench.perf import run_perf
+    from bench.engine.perf import run_perf
 
     ws = _ws(home)
-    from bench.protocol import FULL_AA, QUICK_AA
+    from bench.protocol.protocols import FULL_AA, QUICK_AA
 
     params = {k: v for k, v in (FULL_AA if full_aa else QUICK_AA).items() if k != "version"}
     run_perf(_entry(ws, entry), dataset, batch, eps, budget, ws, data_dir, _check_device(device), out, params)

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from multiprocessing import get_context
 
 from bench.errors import BenchError
-from bench.workspace import Workspace
+from bench.store.workspace import Workspace
 
 
 @dataclass(frozen=True)
@@ -88,8 +88,8 @@ def plan(ws: Workspace, entry_ids: list[str], protocol_name: str, budget: str, s
     Longest first, as a list scheduler should: trainings, then evaluation slices, then checks,
     each by the entry's training cost (see :func:`training_cost`).
     """
-    from bench.jobs import surrogate_keys, trained_entry_id
-    from bench.protocol import get_protocol
+    from bench.orchestration.jobs import surrogate_keys, trained_entry_id
+    from bench.protocol.protocols import get_protocol
 
     protocol = get_protocol(protocol_name)
     model_of = {e: trained_entry_id(ws, e) for e in entry_ids}
@@ -116,7 +116,7 @@ def plan(ws: Workspace, entry_ids: list[str], protocol_name: str, budget: str, s
 
 def training_cost(ws: Workspace, entry_id: str, dataset: str, budget: str) -> float:
     """A rough relative cost of training an entry: epochs x samples x (1 + training-attack steps)."""
-    from bench.jobs import lookup
+    from bench.orchestration.jobs import lookup
 
     recipe = lookup(ws, entry_id).recipe
     b = recipe.budget(dataset, budget) if recipe is not None else None
@@ -175,7 +175,7 @@ def _stop_now(pool: ProcessPoolExecutor) -> None:
 def _init_worker(threads: int, download: bool) -> None:
     import torch
 
-    from bench.data import allow_download
+    from bench.protocol.data import allow_download
 
     torch.set_num_threads(threads)
     allow_download(download)
@@ -183,26 +183,26 @@ def _init_worker(threads: int, download: bool) -> None:
 
 def _run_task(task: Task, ctx: PoolContext) -> tuple[str, int | None]:
     """Do one task in a worker; returns a one-line report and the run id (None for training)."""
-    from bench.jobs import lookup
+    from bench.orchestration.jobs import lookup
 
     ws = Workspace.resolve(ctx.home)
     if task.kind == "train":
-        from bench.checkpoints import train_entry
-        from bench.protocol import get_protocol
+        from bench.models.checkpoints import train_entry
+        from bench.protocol.protocols import get_protocol
 
         dataset = get_protocol(ctx.protocol).dataset
         ckpt, reused = train_entry(lookup(ws, task.entry_id), dataset, task.budget, task.seed, ws.checkpoints,
                                    ctx.data_dir, ctx.device)
         return f"{'reused' if reused else 'trained'}: {ckpt.path.name}", None
 
-    from bench.jobs import resolve_target
-    from bench.storage import Store
+    from bench.orchestration.jobs import resolve_target
+    from bench.store.database import Store
 
     store = Store(ctx.db or ws.db_url)
     protocol, target = resolve_target(ws, task.entry_id, ctx.protocol, task.budget, task.seed)
     if task.kind == "evaluate":
-        from bench.engine import evaluate
-        from bench.surrogates import WorkspaceSurrogates
+        from bench.engine.evaluate import evaluate
+        from bench.models.surrogates import WorkspaceSurrogates
 
         surrogates = WorkspaceSurrogates(ws.checkpoints, ws.cache, protocol.dataset, lambda i: lookup(ws, i),
                                          ctx.data_dir, ctx.device)
@@ -210,7 +210,7 @@ def _run_task(task: Task, ctx: PoolContext) -> tuple[str, int | None]:
                           device=ctx.device, surrogates=surrogates)
         return f"run {run_id}: samples {task.start}:{task.stop} stored", run_id
     if task.kind == "check":
-        from bench.jobs import check_run
+        from bench.orchestration.jobs import check_run
 
         run = next((r for r in store.runs() if r.entry_id == target.entry.id
                     and r.fingerprint == protocol.fingerprint and r.checkpoint_sha256 == target.weights_sha256),

@@ -19,9 +19,9 @@ from rich.table import Table
 
 from attacks import PGD, AutoAttackStandard
 from attacks.base import PassCounter, derive_seed, prepare_model
-from bench.checkpoints import build_model, checkpoint_path, load_checkpoint
-from bench.data import load_split
-from bench.workspace import Workspace
+from bench.models.checkpoints import build_model, checkpoint_path, load_checkpoint
+from bench.protocol.data import load_split
+from bench.store.workspace import Workspace
 from registry.entry import Entry
 
 

@@ -1,7 +1,7 @@
 """Surrogate models for transfer attacks, trained by the benchmark itself and cached per workspace.
 
 A transfer attack names a registry entry and budget as its surrogate. On first use the surrogate
-is trained (or its checkpoint reused, see :func:`bench.checkpoints.train_entry`) and loaded once
+is trained (or its checkpoint reused, see :func:`bench.models.checkpoints.train_entry`) and loaded once
 per evaluation; the adversarial inputs crafted on it are cached under ``cache_dir`` so every
 target entry is attacked with bit-identical inputs and the surrogate work is done once.
 """
@@ -30,7 +30,7 @@ class WorkspaceSurrogates:
 
     def surrogate(self, entry_id: str, budget: str, seed: int) -> tuple[nn.Module, str]:
         """(model in eval mode on the device, weights sha256) of the surrogate, training it if needed."""
-        from bench.checkpoints import resolve_model, train_entry
+        from bench.models.checkpoints import resolve_model, train_entry
 
         key = (entry_id, budget, seed)
         if key not in self._loaded:

@@ -13,7 +13,7 @@ Gauntlet's numbers drop into tools that read those files, with two differences:
 
 Added keys: ``worst_case_acc`` (worst case over the cascade at the primary eps), ``ranked_acc``
 (that worst case with the samples the sanity checks exposed counted as broken, see
-:attr:`bench.metrics.RunSummary.ranked_worst`), ``flags`` (failed check names, unreliable first) and
+:attr:`bench.store.summary.CheckedSummary.ranked_worst`), ``flags`` (failed check names, unreliable first) and
 ``gauntlet`` (provenance: run id, entry, protocol and fingerprint, checkpoint hash, code version,
 budget, seeds, sample counts, worst case per eps). Accuracies are percentages, unrounded; a
 figure that was not measured (AutoAttack not in the protocol, no row at the primary eps) is null.
@@ -22,7 +22,7 @@ figure that was not measured (AutoAttack not in the protocol, no row at the prim
 ``None`` as an empty cell, booleans as 0/1. Both are deterministic for a given database (sorted keys,
 fixed row order), so exports can be diffed. Example::
 
-    from bench.export import export
+    from bench.report.export import export
     paths = export(Store("gauntlet-out/gauntlet.db"), all_entries(), Path("out"), "json")
 """
 
@@ -35,9 +35,9 @@ from pathlib import Path
 from typing import Any
 
 from bench.errors import BenchError
-from bench.metrics import RunSummary, summarize
-from bench.storage import Result, Run, Store
-from leaderboard.build import headline_claim, run_slug
+from bench.report.naming import headline_claim, run_slug
+from bench.report.summary import CheckedSummary, summarize
+from bench.store.database import Result, Run, Store
 from registry.entry import Entry
 
 FORMATS = ("json", "csv")
@@ -55,9 +55,7 @@ def _num(value: float | None) -> float | None:
 
 
 def _slug(run: Run) -> str:
-    # run_slug only reads the run; an empty summary avoids loading the rows just to name a file.
-    return run_slug(RunSummary(run=run, protocol={}, n_evaluated=0, clean_correct=0, cells={}, worst={},
-                               complete=False))
+    return run_slug(run)
 
 
 def _additional_data(entry: Entry | None) -> bool | None:
@@ -70,7 +68,7 @@ def _additional_data(entry: Entry | None) -> bool | None:
     return None if entry.pretrained is not None else False
 
 
-def _footnote(s: RunSummary) -> str:
+def _footnote(s: CheckedSummary) -> str:
     attacks = ", ".join(s.attack_labels)
     note = (f"Evaluated by Gauntlet, protocol {s.run.protocol} ({s.run.n_samples} samples, "
             f"{s.protocol.get('norm', 'Linf')}); worst case over {attacks}.")
@@ -82,7 +80,7 @@ def _footnote(s: RunSummary) -> str:
     return note
 
 
-def model_info(s: RunSummary, entry: Entry | None) -> dict[str, Any]:
+def model_info(s: CheckedSummary, entry: Entry | None) -> dict[str, Any]:
     """One run as a RobustBench-style model_info dict (see the module docstring)."""
     run = s.run
     dataset = s.protocol["dataset"]
@@ -143,7 +141,7 @@ def export_json(store: Store, entries: dict[str, Entry], out_dir: Path) -> list[
     paths = []
     for run in store.runs():
         s = summarize(store, run)
-        path = out_dir / f"{run_slug(s)}.json"
+        path = out_dir / f"{run_slug(s.run)}.json"
         text = json.dumps(model_info(s, entries.get(run.entry_id)), sort_keys=True, indent=2, allow_nan=False)
         path.write_text(text + "\n", encoding="utf-8")
         paths.append(path)

@@ -1,4 +1,5 @@
-"""Summaries computed from stored rows only (the leaderboard and ``bench show`` read these).
+"""Summaries computed from a run's stored rows alone (the checks read them; :mod:`bench.report.summary`
+joins the checks to them for the leaderboard, the exports and the API).
 
 Per (attack, eps) the stored ``robust_after`` flag is the sample's state after that stage of the
 cascade, so every accuracy here is a plain mean of stored flags:
@@ -21,8 +22,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from bench.checks import CheckResult, load_results
-from bench.storage import Result, Run, Store
+from bench.store.database import Result, Run, Store
 
 
 @dataclass
@@ -90,31 +90,6 @@ class RunSummary:
     clean_rejected: int = 0
     detection_auc: dict[tuple[str, float], tuple[float, int, int]] = field(default_factory=dict)
     extras: dict[str, ExtraStats] = field(default_factory=dict)
-    checks: list[CheckResult] = field(default_factory=list)
-
-    @property
-    def flags(self) -> list[CheckResult]:
-        """Failed checks, the unreliable ones first."""
-        return sorted((c for c in self.checks if c.failed), key=lambda c: (c.severity != "unreliable", c.name))
-
-    @property
-    def unreliable(self) -> bool:
-        """A failed check of severity 'unreliable': shown as "evaluation possibly unreliable"."""
-        return any(c.failed and c.severity == "unreliable" for c in self.checks)
-
-    @property
-    def exposed(self) -> set[int]:
-        """Samples the checks' own attacks broke at the primary eps after they survived the cascade."""
-        return set().union(*(c.exposed for c in self.checks)) if self.checks else set()
-
-    @property
-    def ranked_worst(self) -> float | None:
-        """The worst case at the primary eps that ranks the entry: for an unreliable evaluation, the
-        samples the checks' attacks exposed count as broken too."""
-        w = self.worst.get(self.primary_eps)
-        if w is None or not self.unreliable or not self.run.n_samples:
-            return w
-        return w - 100.0 * len(self.exposed) / self.run.n_samples
 
     @property
     def adaptive_applied(self) -> list[str]:
@@ -154,7 +129,8 @@ class RunSummary:
         return self.accuracy("autoattack", self.primary_eps)
 
 
-def summarize(store: Store, run: Run) -> RunSummary:
+def summarize_rows(store: Store, run: Run) -> RunSummary:
+    """The summary of a run from its stored rows and stages alone."""
     rows: list[Result] = store.results(run.id)
     protocol = json.loads(run.protocol_json)
     clean = [r for r in rows if r.attack == "clean"]
@@ -215,7 +191,7 @@ def summarize(store: Store, run: Run) -> RunSummary:
     return RunSummary(run=run, protocol=protocol, n_evaluated=len(clean),
                       clean_correct=sum(r.robust_after for r in clean), cells=cells, worst=worst, complete=complete,
                       detector=detector, clean_rejected=sum(bool(r.rejected) for r in clean), detection_auc=auc,
-                      extras=extras, checks=load_results(store, run.id))
+                      extras=extras)
 
 
 def roc_auc(positives: list[float], negatives: list[float]) -> float:
@@ -224,6 +200,3 @@ def roc_auc(positives: list[float], negatives: list[float]) -> float:
     neg = torch.tensor(negatives, dtype=torch.float64)[None, :]
     return float(((pos > neg).double() + 0.5 * (pos == neg).double()).mean())
 
-
-def summarize_all(store: Store) -> list[RunSummary]:
-    return [summarize(store, run) for run in store.runs()]

@@ -31,12 +31,12 @@ from torch import nn
 from attacks import make_attack
 from attacks.base import Attack, PassCounter, prepare_model
 from bench import code_version
-from bench.data import load_split
+from bench.engine.extras import run_extra
+from bench.engine.verify import DetectorRule, adversarial_verdict, check_bounds, has_detector, predict
 from bench.errors import BenchError
-from bench.extras import run_extra
-from bench.protocol import CALIBRATION_SAMPLES, Protocol
-from bench.storage import Result, Stage, Store, packages_json
-from bench.verify import DetectorRule, adversarial_verdict, check_bounds, has_detector, predict
+from bench.protocol.data import load_split
+from bench.protocol.protocols import CALIBRATION_SAMPLES, Protocol
+from bench.store.database import Result, Stage, Store, packages_json
 from registry.entry import Entry
 
 ProgressFn = Callable[[str, float, int, int], None]
@@ -105,7 +105,7 @@ def evaluate(
 
     The entry is attacked with the protocol's attacks plus the adaptive attacks it declares (see
     :meth:`Protocol.for_entry`; a randomized entry gets EOT). ``surrogates`` provides the transfer
-    attacks' surrogate models (see :class:`bench.surrogates.WorkspaceSurrogates`).
+    attacks' surrogate models (see :class:`bench.models.surrogates.WorkspaceSurrogates`).
     """
     entry = target.entry
     if protocol.dataset not in entry.architectures:

@@ -18,10 +18,10 @@ from collections.abc import Callable
 import torch
 
 from attacks.base import Attack, PassCounter
+from bench.engine.verify import DetectorRule, adversarial_verdict, check_bounds
 from bench.errors import AttackContractError
-from bench.protocol import ExtraSpec, Protocol
-from bench.storage import Result, Stage, Store
-from bench.verify import DetectorRule, adversarial_verdict, check_bounds
+from bench.protocol.protocols import ExtraSpec, Protocol
+from bench.store.database import Result, Stage, Store
 
 CHANGED = 1e-7  # an input value counts as changed (L0) when it moved more than this
 

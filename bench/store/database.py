@@ -15,7 +15,7 @@ minimum-norm attacks. A schema-1 database is upgraded in place by adding the nul
 stored results are never lost.
 
 Schema 3 adds ``checks``: one row per (run, sanity check) with its severity, status, measured
-value, threshold and evidence (JSON: counts, sample ids, figures), written by :mod:`bench.checks`.
+value, threshold and evidence (JSON: counts, sample ids, figures), written by :mod:`bench.checks.suite`.
 Re-running the checks of a run replaces its check rows in one transaction; result rows are never
 touched.
 """

@@ -1,0 +1,60 @@
+"""A run's summary joined with its sanity checks: flags, the "possibly unreliable" mark and the
+accuracy that ranks the entry.
+
+The summary itself (:mod:`bench.store.summary`) is computed from the stored rows alone; the checks
+(:mod:`bench.checks`) read that summary. Joining the two here, one layer above both, keeps the
+dependency one-way: store <- checks <- report.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+
+from bench.checks.suite import CheckResult, load_results
+from bench.store.database import Run, Store
+from bench.store.summary import RunSummary, summarize_rows
+
+
+@dataclass
+class CheckedSummary(RunSummary):
+    """:class:`RunSummary` plus the run's stored check results."""
+
+    checks: list[CheckResult] = field(default_factory=list)
+
+    @property
+    def flags(self) -> list[CheckResult]:
+        """Failed checks, the unreliable ones first."""
+        return sorted((c for c in self.checks if c.failed), key=lambda c: (c.severity != "unreliable", c.name))
+
+    @property
+    def unreliable(self) -> bool:
+        """A failed check of severity 'unreliable': shown as "evaluation possibly unreliable"."""
+        return any(c.failed and c.severity == "unreliable" for c in self.checks)
+
+    @property
+    def exposed(self) -> set[int]:
+        """Samples the checks' own attacks broke at the primary eps after they survived the cascade."""
+        return set().union(*(c.exposed for c in self.checks)) if self.checks else set()
+
+    @property
+    def ranked_worst(self) -> float | None:
+        """The worst case at the primary eps that ranks the entry: for an unreliable evaluation, the
+        samples the checks' attacks exposed count as broken too."""
+        w = self.worst.get(self.primary_eps)
+        if w is None or not self.unreliable or not self.run.n_samples:
+            return w
+        return w - 100.0 * len(self.exposed) / self.run.n_samples
+
+
+def join_checks(summary: RunSummary, checks: list[CheckResult]) -> CheckedSummary:
+    """The summary with ``checks`` attached."""
+    return CheckedSummary(**{f.name: getattr(summary, f.name) for f in fields(RunSummary)}, checks=list(checks))
+
+
+def summarize(store: Store, run: Run) -> CheckedSummary:
+    """The run's summary from its rows, joined with its stored checks."""
+    return join_checks(summarize_rows(store, run), load_results(store, run.id))
+
+
+def summarize_all(store: Store) -> list[CheckedSummary]:
+    return [summarize(store, run) for run in store.runs()]
