@@ -1,18 +1,22 @@
-"""The units of work the CLI and the demo's worker pool share: find an entry's trained model,
-and decide whether a run's stored sanity checks are still current.
+"""The units of work every way in shares: train an entry's model, evaluate a (slice of a) run,
+check a run. The Python API (:mod:`bench.api`), the CLI through it, and the plan's workers
+(:mod:`bench.orchestration.pool`, in-process or on a process pool) all call these functions, so
+every path runs the same code.
 
-Kept free of any user interface so that worker processes (:mod:`bench.orchestration.pool`) run exactly
-the code that ``bench evaluate`` and ``bench check`` run.
+They hold no user interface: progress goes to optional callbacks.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from bench.errors import BenchError
 from bench.store.workspace import Workspace
+
+ProgressFn = Callable[[str, float, int, int], None]
 
 
 def lookup(ws: Workspace, entry_id: str) -> Any:
@@ -35,17 +39,43 @@ def trained_entry_id(ws: Workspace, entry_id: str) -> str:
     return entry.id
 
 
+def needs_training(ws: Workspace, entry_id: str) -> bool:
+    """Whether evaluating ``entry_id`` needs a trained checkpoint (a pretrained model needs none)."""
+    return lookup(ws, trained_entry_id(ws, entry_id)).recipe is not None
+
+
+def train(ws: Workspace, entry_id: str, dataset: str, budget: str, seed: int, *, data_dir: str | None = None,
+          device: str = "cpu", force: bool = False, on_step: Callable[[int, int, float], None] | None = None
+          ) -> tuple[Any, bool]:
+    """Train (or reuse) the checkpoint ``entry_id`` is evaluated with: (checkpoint, reused).
+
+    A test-time entry trains the model it wraps; a pretrained entry has nothing to train.
+    """
+    from bench.models.checkpoints import train_entry
+
+    model_id = trained_entry_id(ws, entry_id)
+    entry = lookup(ws, model_id)
+    if entry.recipe is None:
+        raise BenchError(f"entry {model_id!r} is pretrained: it has no training recipe (evaluate it directly)")
+    return train_entry(entry, dataset, budget, seed, ws.checkpoints, data_dir, device, force, on_step)
+
+
 def resolve_target(ws: Workspace, entry_id: str, protocol_name: str, budget: str, seed: int,
                    checkpoint: str | None = None) -> tuple[Any, Any]:
     """The protocol and the evaluated model (an EvalTarget) of an entry's checkpoint."""
-    from bench.engine.evaluate import EvalTarget
-    from bench.models.checkpoints import resolve_model
     from bench.protocol.protocols import get_protocol
 
-    protocol = get_protocol(protocol_name)
-    entry = lookup(ws, entry_id)
+    return target_for(ws, lookup(ws, entry_id), get_protocol(protocol_name), budget, seed, checkpoint)
+
+
+def target_for(ws: Workspace, entry: Any, protocol: Any, budget: str, seed: int,
+               checkpoint: str | None = None) -> tuple[Any, Any]:
+    """As :func:`resolve_target`, for an entry object (registered or built by the API)."""
+    from bench.engine.evaluate import EvalTarget
+    from bench.models.checkpoints import resolve_model
+
     if protocol.dataset not in entry.architectures:
-        raise BenchError(f"entry {entry_id!r} declares no model for {protocol.dataset}")
+        raise BenchError(f"entry {entry.id!r} declares no model for {protocol.dataset}")
     model, sha, meta = resolve_model(entry, protocol.dataset, budget, seed, ws.checkpoints,
                                      Path(checkpoint) if checkpoint else None, lambda i: lookup(ws, i))
     target = EvalTarget(entry, model, sha, meta.get("budget", budget),
@@ -53,13 +83,38 @@ def resolve_target(ws: Workspace, entry_id: str, protocol_name: str, budget: str
     return protocol, target
 
 
+def evaluate_target(ws: Workspace, store: Any, protocol: Any, target: Any, *, data_dir: str | None = None,
+                    device: str = "cpu", start: int = 0, stop: int | None = None, batch_size: int | None = None,
+                    progress: ProgressFn | None = None, on_train: Callable[[str], None] | None = None) -> int:
+    """Evaluate ``target`` under ``protocol`` on samples [start, stop), resuming what is stored; the run id.
+
+    Transfer attacks take their surrogates from the workspace (trained there on first use).
+    """
+    from bench.engine.evaluate import evaluate
+    from bench.models.surrogates import WorkspaceSurrogates
+
+    if batch_size is not None and batch_size < 1:
+        raise BenchError("--batch-size must be >= 1")
+    surrogates = WorkspaceSurrogates(ws.checkpoints, ws.cache, protocol.dataset, lambda i: lookup(ws, i),
+                                     data_dir, device, on_train=on_train)
+    return evaluate(store, target, protocol, data_dir=data_dir, start=start, stop=stop, device=device,
+                    batch_size=batch_size, progress=progress, surrogates=surrogates)
+
+
+def run_of(store: Any, protocol: Any, target: Any) -> Any:
+    """The stored run of ``target`` under ``protocol``, or a one-line error."""
+    run = store.find_run(target.entry.id, protocol.fingerprint, target.weights_sha256)
+    if run is None:
+        raise BenchError(f"no stored run of {target.entry.id} on {protocol.name} with these weights; "
+                         "run `bench evaluate` first")
+    return run
+
+
 def current_checks(store: Any, run_id: int) -> list[Any] | None:
     """The run's stored check rows if they were made by the current check suite, else None."""
     from bench.checks.suite import suite_for
 
-    run = next((r for r in store.runs() if r.id == run_id), None)
-    if run is None:
-        raise BenchError(f"run {run_id} not found")
+    run = store.run(run_id)
     stored = store.checks(run_id)
     if stored and stored[0].suite == suite_for(json.loads(run.protocol_json))[1]:
         return stored

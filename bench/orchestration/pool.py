@@ -26,6 +26,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wai
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from multiprocessing import get_context
+from typing import Any
 
 from bench.errors import BenchError
 from bench.store.workspace import Workspace
@@ -88,7 +89,7 @@ def plan(ws: Workspace, entry_ids: list[str], protocol_name: str, budget: str, s
     Longest first, as a list scheduler should: trainings, then evaluation slices, then checks,
     each by the entry's training cost (see :func:`training_cost`).
     """
-    from bench.orchestration.jobs import surrogate_keys, trained_entry_id
+    from bench.orchestration.jobs import needs_training, surrogate_keys, trained_entry_id
     from bench.protocol.protocols import get_protocol
 
     protocol = get_protocol(protocol_name)
@@ -102,13 +103,15 @@ def plan(ws: Workspace, entry_ids: list[str], protocol_name: str, budget: str, s
     trains: dict[str, Task] = {}
     for entry_id in entry_ids:
         model_id = model_of[entry_id]
-        trains.setdefault(model_id, Task("train", model_id, budget, seed))
-        deps.setdefault(trains[model_id], set())
+        if needs_training(ws, model_id):  # a pretrained model is evaluated as it is
+            trains.setdefault(model_id, Task("train", model_id, budget, seed))
+            deps.setdefault(trains[model_id], set())
     slices = {e: [Task("evaluate", e, budget, seed, c0, min(c0 + protocol.chunk_size, protocol.n_samples))
                   for c0 in range(0, protocol.n_samples, protocol.chunk_size)] for e in entry_ids}
     for entry_id in entry_ids:
+        trained = {trains[model_of[entry_id]]} if model_of[entry_id] in trains else set()
         for task in slices[entry_id]:
-            deps[task] = {trains[model_of[entry_id]], *surrogates}
+            deps[task] = {*trained, *surrogates}
     for entry_id in entry_ids:  # after every evaluation: the short checks fill the pool's last gaps
         deps[Task("check", entry_id, budget, seed)] = set(slices[entry_id])
     return deps
@@ -123,6 +126,41 @@ def training_cost(ws: Workspace, entry_id: str, dataset: str, budget: str) -> fl
     if b is None:
         return 0.0
     return b.epochs * (b.train_samples or 60_000) * (1 + b.attack_steps)
+
+
+def run_plan(deps: dict[Task, set[Task]], ctx: PoolContext, jobs: int,
+             on_done: Callable[[Task, str, float], None] | None = None, store: Any = None) -> dict[Task, int | None]:
+    """Run the plan's tasks: in this process when ``jobs`` is 1, else on a process pool.
+
+    Both run every task through :func:`_run_task`, so one worker in-process is the pool's code path.
+    ``store`` serves the in-process tasks (needed for an in-memory database). Returns each task's run
+    id (None for training).
+    """
+    if jobs == 1:
+        return run_in_process(deps, ctx, on_done, store)
+    return run_pool(deps, ctx, jobs, on_done)
+
+
+def run_in_process(deps: dict[Task, set[Task]], ctx: PoolContext,
+                   on_done: Callable[[Task, str, float], None] | None = None, store: Any = None
+                   ) -> dict[Task, int | None]:
+    """Run the tasks one by one in ``deps`` order (a plan lists dependencies first) in this process.
+
+    One store serves every task (``store``, else the context's database), so an in-memory database works.
+    """
+    from bench.store.database import Store
+
+    store = store if store is not None else Store(ctx.db or Workspace.resolve(ctx.home).db_url)
+    done: dict[Task, int | None] = {}
+    for task, needs in deps.items():
+        if not needs <= done.keys():
+            raise BenchError(f"internal error: {task.label()} is listed before what it waits for")
+        t0 = time.perf_counter()
+        message, run_id = _run_task(task, ctx, store)
+        done[task] = run_id
+        if on_done is not None:
+            on_done(task, message, time.perf_counter() - t0)
+    return done
 
 
 def run_pool(deps: dict[Task, set[Task]], ctx: PoolContext, jobs: int,
@@ -181,42 +219,27 @@ def _init_worker(threads: int, download: bool) -> None:
     allow_download(download)
 
 
-def _run_task(task: Task, ctx: PoolContext) -> tuple[str, int | None]:
-    """Do one task in a worker; returns a one-line report and the run id (None for training)."""
-    from bench.orchestration.jobs import lookup
+def _run_task(task: Task, ctx: PoolContext, store: Any = None) -> tuple[str, int | None]:
+    """Do one task (in a worker or in-process); returns a one-line report and the run id (None for training)."""
+    from bench.orchestration import jobs
+    from bench.protocol.protocols import get_protocol
 
     ws = Workspace.resolve(ctx.home)
     if task.kind == "train":
-        from bench.models.checkpoints import train_entry
-        from bench.protocol.protocols import get_protocol
-
-        dataset = get_protocol(ctx.protocol).dataset
-        ckpt, reused = train_entry(lookup(ws, task.entry_id), dataset, task.budget, task.seed, ws.checkpoints,
-                                   ctx.data_dir, ctx.device)
+        ckpt, reused = jobs.train(ws, task.entry_id, get_protocol(ctx.protocol).dataset, task.budget, task.seed,
+                                  data_dir=ctx.data_dir, device=ctx.device)
         return f"{'reused' if reused else 'trained'}: {ckpt.path.name}", None
 
-    from bench.orchestration.jobs import resolve_target
     from bench.store.database import Store
 
-    store = Store(ctx.db or ws.db_url)
-    protocol, target = resolve_target(ws, task.entry_id, ctx.protocol, task.budget, task.seed)
+    store = store if store is not None else Store(ctx.db or ws.db_url)
+    protocol, target = jobs.resolve_target(ws, task.entry_id, ctx.protocol, task.budget, task.seed)
     if task.kind == "evaluate":
-        from bench.engine.evaluate import evaluate
-        from bench.models.surrogates import WorkspaceSurrogates
-
-        surrogates = WorkspaceSurrogates(ws.checkpoints, ws.cache, protocol.dataset, lambda i: lookup(ws, i),
-                                         ctx.data_dir, ctx.device)
-        run_id = evaluate(store, target, protocol, data_dir=ctx.data_dir, start=task.start, stop=task.stop,
-                          device=ctx.device, surrogates=surrogates)
+        run_id = jobs.evaluate_target(ws, store, protocol, target, data_dir=ctx.data_dir, device=ctx.device,
+                                      start=task.start, stop=task.stop)
         return f"run {run_id}: samples {task.start}:{task.stop} stored", run_id
     if task.kind == "check":
-        from bench.orchestration.jobs import check_run
-
-        run = next((r for r in store.runs() if r.entry_id == target.entry.id
-                    and r.fingerprint == protocol.fingerprint and r.checkpoint_sha256 == target.weights_sha256),
-                   None)
-        if run is None:
-            raise BenchError(f"no stored run of {task.entry_id} on {ctx.protocol} to check")
-        report = check_run(store, run.id, target.model, data_dir=ctx.data_dir, device=ctx.device, force=False)
+        run = jobs.run_of(store, protocol, target)
+        report = jobs.check_run(store, run.id, target.model, data_dir=ctx.data_dir, device=ctx.device, force=False)
         return f"checks of run {run.id}: {report}", run.id
     raise BenchError(f"unknown task kind {task.kind!r}")

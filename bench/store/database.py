@@ -198,6 +198,20 @@ class Store:
     def session(self) -> Session:
         return Session(self.engine, expire_on_commit=False)
 
+    def find_run(self, entry_id: str, fingerprint: str, checkpoint_sha256: str) -> Run | None:
+        """The run of these weights of this entry under this protocol (the key every slice shares)."""
+        with self.session() as s:
+            return s.execute(select(Run).filter_by(entry_id=entry_id, fingerprint=fingerprint,
+                                                   checkpoint_sha256=checkpoint_sha256)).scalar_one_or_none()
+
+    def run(self, run_id: int) -> Run:
+        """The run with this id (a one-line error when there is none)."""
+        with self.session() as s:
+            run = s.get(Run, run_id)
+        if run is None:
+            raise BenchError(f"run {run_id} not found")
+        return run
+
     def get_or_create_run(self, **fields: Any) -> Run:
         key = {k: fields[k] for k in ("entry_id", "fingerprint", "checkpoint_sha256")}
         with self.session() as s:

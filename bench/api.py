@@ -1,0 +1,273 @@
+"""The Python API: the one way into Gauntlet. The CLI, the demo and the tests call these functions.
+
+A model in, a report out::
+
+    import torch
+    from bench.api import evaluate
+
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 10))
+    report = evaluate(model, "mnist-linf-tiny-v1")  # in-memory store, checks included
+    print(report.clean_accuracy, report.worst_case, [f.name for f in report.flags])
+
+``evaluate`` takes a bare ``nn.Module`` (images in [0, 1] to logits), a registered entry id or an
+:class:`registry.Entry`. A bare model is stored in an in-memory database unless ``store`` is given;
+an entry in its workspace's database (``home``: ``$GAUNTLET_HOME`` or ``./gauntlet-out``), as the
+CLI does. Every stage resumes exactly: evaluating again finishes what is missing and reuses the rest.
+Errors meant for the user are :class:`bench.errors.BenchError` (and the registry's
+:class:`registry.errors.EntryError`): one line, no traceback needed.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from torch import nn
+
+from bench.errors import BenchError
+from bench.orchestration import jobs
+from bench.orchestration.pool import PoolContext, Task, default_jobs, plan, run_plan, usable_cpus
+from bench.protocol.protocols import Protocol, get_protocol
+from bench.report.run_report import RunReport
+from bench.report.summary import summarize
+from bench.store.database import Store, normalize_url
+from bench.store.workspace import Workspace
+from registry.entry import Entry, Paper
+
+IN_MEMORY = "sqlite://"
+ProgressFn = Callable[[str, float, int, int], None]
+ChecksFn = Callable[[int, str, float], None]
+
+
+@dataclass(frozen=True)
+class Trained:
+    """A trained (or reused) checkpoint of an entry."""
+
+    entry_id: str  # the entry whose weights these are (a test-time entry trains the model it wraps)
+    path: Path
+    sha256: str
+    reused: bool
+    metadata: dict[str, str]
+
+
+@dataclass(frozen=True)
+class DemoResult:
+    """What ``demo`` did: one report per entry and the built site's index."""
+
+    reports: dict[str, RunReport]
+    site: Path
+
+
+def open_store(store: Store | str | os.PathLike[str] | None = None, *, home: str | os.PathLike[str] | None = None,
+               default: str | None = None) -> Store:
+    """A :class:`Store` from a Store, a SQLAlchemy URL or a SQLite path; else ``default``, else the workspace's."""
+    if isinstance(store, Store):
+        return store
+    return Store(store or default or Workspace.resolve(home).db_url)
+
+
+def report(run_id: int, *, store: Store | str | None = None, home: str | os.PathLike[str] | None = None
+           ) -> RunReport:
+    """The report of a stored run."""
+    st = open_store(store, home=home)
+    return RunReport.from_summary(summarize(st, st.run(run_id)))
+
+
+def reports(entry_id: str | None = None, *, store: Store | str | None = None,
+            home: str | os.PathLike[str] | None = None) -> list[RunReport]:
+    """The reports of every stored run (of ``entry_id`` only, when given), in run order."""
+    st = open_store(store, home=home)
+    return [RunReport.from_summary(summarize(st, run)) for run in st.runs()
+            if entry_id is None or run.entry_id == entry_id]
+
+
+def entries(*, home: str | os.PathLike[str] | None = None) -> dict[str, Entry]:
+    """Every registered entry: the built-in ones and those submitted to the workspace."""
+    from registry import all_entries
+
+    return all_entries(Workspace.resolve(home).submissions)
+
+
+def entry(entry_id: str, *, home: str | os.PathLike[str] | None = None) -> Entry:
+    """One registered entry (a one-line error naming the known ones when there is none)."""
+    return jobs.lookup(Workspace.resolve(home), entry_id)
+
+
+def entries_for(protocol: str | Protocol, *, home: str | os.PathLike[str] | None = None) -> list[str]:
+    """Every entry with a model for the protocol's dataset (the benchmark's own surrogate excluded)."""
+    dataset = _protocol(protocol).dataset
+    return [e.id for e in entries(home=home).values() if dataset in e.architectures and e.id != "surrogate-pgd"]
+
+
+def submit(file: str | os.PathLike[str], *, home: str | os.PathLike[str] | None = None) -> list[Entry]:
+    """Register the entries a submission file declares (copied into the workspace's submissions)."""
+    from registry import submit_file
+
+    return submit_file(Path(file), Workspace.resolve(home).submissions)
+
+
+def model_entry(model: nn.Module, dataset: str, *, name: str | None = None, randomized: bool = False,
+                adaptive: Sequence[str] = ()) -> Entry:
+    """A bare model as an entry of kind "pretrained": evaluated as it is, never trained."""
+    entry_id = name or "model"
+    try:
+        return Entry(id=entry_id, name=name or type(model).__name__,
+                     description="A model evaluated through the Python API.",
+                     paper=Paper("(no paper)", "", ""), kind="pretrained",
+                     architectures={dataset: lambda: model}, pretrained={dataset: lambda: model},
+                     randomized=randomized, adaptive_attacks=tuple(adaptive), source="python-api")
+    except ValueError as exc:
+        raise BenchError(str(exc)) from None
+
+
+def _protocol(protocol: str | Protocol) -> Protocol:
+    return protocol if isinstance(protocol, Protocol) else get_protocol(protocol)
+
+
+def _entry(ws: Workspace, model_or_entry: nn.Module | str | Entry, dataset: str, name: str | None,
+           randomized: bool, adaptive: Sequence[str]) -> tuple[Entry, bool]:
+    """(entry, is a bare model)."""
+    if isinstance(model_or_entry, nn.Module):
+        return model_entry(model_or_entry, dataset, name=name, randomized=randomized, adaptive=adaptive), True
+    if randomized or adaptive:
+        raise BenchError("randomized and adaptive describe a bare model; an entry declares them itself")
+    if isinstance(model_or_entry, Entry):
+        return model_or_entry, False
+    if isinstance(model_or_entry, str):
+        return jobs.lookup(ws, model_or_entry), False
+    raise BenchError(f"evaluate takes an nn.Module, an entry id or an Entry, not {type(model_or_entry).__name__}")
+
+
+def evaluate(model_or_entry: nn.Module | str | Entry, protocol: str | Protocol = "mnist-linf-quick-v1", *,
+             store: Store | str | None = None, home: str | os.PathLike[str] | None = None,
+             name: str | None = None, randomized: bool = False, adaptive: Sequence[str] = (),
+             checks: bool = True, force_checks: bool = False, budget: str = "quick", seed: int = 0,
+             checkpoint: str | None = None, start: int = 0, stop: int | None = None,
+             data_dir: str | None = None, device: str = "cpu", batch_size: int | None = None,
+             progress: ProgressFn | None = None, check_progress: Callable[[str], None] | None = None,
+             on_train: Callable[[str], None] | None = None, on_checks: ChecksFn | None = None) -> RunReport:
+    """Evaluate a model or an entry under a protocol and return its report.
+
+    ``name``, ``randomized`` (judged with EOT) and ``adaptive`` (adaptive attack names, as an entry
+    declares them) describe a bare model. An entry is evaluated with the checkpoint of ``budget`` and
+    ``seed`` (or ``checkpoint``), which must exist: see :func:`train`. ``start``/``stop`` evaluate a
+    chunk-aligned slice. Once the run is complete its sanity checks run (``checks``), unless the
+    current suite's are stored (``force_checks`` runs them again); ``on_checks(run id, verdict, seconds)``
+    hears how they went.
+    """
+    ws = Workspace.resolve(home)
+    proto = _protocol(protocol)
+    entry, bare = _entry(ws, model_or_entry, proto.dataset, name, randomized, adaptive)
+    st = open_store(store, home=home, default=IN_MEMORY if bare else None)
+    proto, target = jobs.target_for(ws, entry, proto, budget, seed, checkpoint)
+    run_id = jobs.evaluate_target(ws, st, proto, target, data_dir=data_dir, device=device, start=start, stop=stop,
+                                  batch_size=batch_size, progress=progress, on_train=on_train)
+    if checks and summarize(st, st.run(run_id)).complete:
+        _check(st, run_id, target.model, data_dir=data_dir, device=device, batch_size=batch_size, force=force_checks,
+               progress=check_progress, on_checks=on_checks)
+    return report(run_id, store=st)
+
+
+def _check(st: Store, run_id: int, model: nn.Module, *, data_dir: str | None, device: str, batch_size: int | None,
+           force: bool, progress: Callable[[str], None] | None, on_checks: ChecksFn | None) -> None:
+    t0 = time.perf_counter()
+    verdict = jobs.check_run(st, run_id, model, data_dir=data_dir, device=device, batch_size=batch_size, force=force,
+                             progress=progress)
+    if on_checks is not None:
+        on_checks(run_id, verdict, time.perf_counter() - t0)
+
+
+def check(model_or_entry: nn.Module | str | Entry, protocol: str | Protocol = "mnist-linf-quick-v1", *,
+          store: Store | str | None = None, home: str | os.PathLike[str] | None = None, name: str | None = None,
+          budget: str = "quick", seed: int = 0, checkpoint: str | None = None, data_dir: str | None = None,
+          device: str = "cpu", batch_size: int | None = None, force: bool = True,
+          progress: Callable[[str], None] | None = None, on_checks: ChecksFn | None = None) -> RunReport:
+    """(Re-)run the sanity checks of a complete stored run and return its report."""
+    ws = Workspace.resolve(home)
+    proto = _protocol(protocol)
+    entry, bare = _entry(ws, model_or_entry, proto.dataset, name, False, ())
+    if bare and store is None:
+        raise BenchError("check a bare model in the store it was evaluated in (store=...)")
+    st = open_store(store, home=home)
+    proto, target = jobs.target_for(ws, entry, proto, budget, seed, checkpoint)
+    run = jobs.run_of(st, proto, target)
+    _check(st, run.id, target.model, data_dir=data_dir, device=device, batch_size=batch_size, force=force,
+           progress=progress, on_checks=on_checks)
+    return report(run.id, store=st)
+
+
+def train(entry: str, dataset: str = "mnist", budget: str = "quick", seed: int = 0, *,
+          home: str | os.PathLike[str] | None = None, data_dir: str | None = None, device: str = "cpu",
+          force: bool = False, on_step: Callable[[int, int, float], None] | None = None) -> Trained:
+    """Train an entry with its recipe (a test-time entry: the model it wraps) into a safetensors
+    checkpoint of the workspace, or reuse the stored one."""
+    from bench.protocol.data import dataset_info
+
+    dataset_info(dataset)
+    ws = Workspace.resolve(home)
+    ckpt, reused = jobs.train(ws, entry, dataset, budget, seed, data_dir=data_dir, device=device, force=force,
+                              on_step=on_step)
+    return Trained(jobs.trained_entry_id(ws, entry), ckpt.path, ckpt.sha256, reused, dict(ckpt.metadata))
+
+
+def leaderboard(*, store: Store | str | None = None, home: str | os.PathLike[str] | None = None,
+                out: str | os.PathLike[str] | None = None) -> Path:
+    """Build the static site from the stored runs; returns the path of its index.html."""
+    from leaderboard import build_site
+
+    ws = Workspace.resolve(home)
+    return build_site(open_store(store, home=home), Path(out).resolve() if out else ws.site, entries(home=home))
+
+
+def export(fmt: str = "json", *, store: Store | str | None = None, home: str | os.PathLike[str] | None = None,
+           out: str | os.PathLike[str] | None = None) -> list[Path]:
+    """Write one RobustBench-style JSON file (``fmt="json"``) or per-sample CSV file (``"csv"``) per run."""
+    from bench.report.export import export as export_runs
+
+    folder = Path(out).resolve() if out else Workspace.resolve(home).root / "export"
+    return export_runs(open_store(store, home=home), entries(home=home) if fmt == "json" else {}, folder, fmt)
+
+
+def demo_plan(entry_ids: Sequence[str], protocol: str, budget: str = "quick", seed: int = 0, *,
+              home: str | os.PathLike[str] | None = None) -> dict[Task, set[Task]]:
+    """The demo's tasks (train, evaluate each chunk, check), each with the tasks it waits for."""
+    ws = Workspace.resolve(home)
+    for entry_id in entry_ids:
+        jobs.lookup(ws, entry_id)
+    return plan(ws, list(entry_ids), protocol, budget, seed)
+
+
+def demo(entry_ids: Sequence[str] | None = None, *, protocol: str = "mnist-linf-quick-v1", budget: str = "quick",
+         seed: int = 0, jobs_: int = 0, home: str | os.PathLike[str] | None = None, db: str | None = None,
+         data_dir: str | None = None, device: str = "cpu", download: bool = False,
+         on_start: Callable[[int, int, int], None] | None = None,
+         on_done: Callable[[Task, str, float], None] | None = None) -> DemoResult:
+    """Train, evaluate and check entries (default: the demo's four), then build the site.
+
+    The plan runs on ``jobs_`` worker processes (0: the default rule of
+    :func:`bench.orchestration.pool.default_jobs`), or in this process when that is 1: the same
+    task code either way. ``on_start(tasks, processes, threads)`` is called once before the work.
+    """
+    from registry import DEMO_ENTRIES
+
+    if jobs_ < 0:
+        raise BenchError("--jobs must be >= 0")
+    ids = list(entry_ids) if entry_ids else list(DEMO_ENTRIES)
+    tasks = demo_plan(ids, protocol, budget, seed, home=home)
+    ws = Workspace.resolve(home)
+    n = jobs_ or default_jobs(device, len(ids))
+    if n > 1 and normalize_url(db or ws.db_url) in ("sqlite://", "sqlite:///:memory:"):
+        n = 1  # an in-memory database lives in one process
+    st = open_store(db, home=home)  # creates or upgrades the schema once: workers opening a new database would race
+    threads = max(1, usable_cpus() // n)
+    ctx = PoolContext(str(ws.root), db, protocol, data_dir, device, threads, download)
+    if on_start is not None:
+        on_start(len(tasks), n, threads)
+    done = run_plan(tasks, ctx, n, on_done=on_done, store=st)
+    run_ids = {t.entry_id: run_id for t, run_id in done.items() if t.kind == "check" and run_id is not None}
+    reports = {e: report(run_ids[e], store=st) for e in ids}
+    return DemoResult(reports, leaderboard(store=st, home=home))
+
