@@ -120,7 +120,7 @@ class Prober:
             budget += [job.steps] * n * job.restarts
             job_of += [j] * n * job.restarts
             n_groups += n
-        if not xs:
+        if not group:  # no rows (every job empty: e.g. no clean-correct sample to probe)
             return [Trace(Outcome([], []), []) for _ in jobs]
         xa, y = torch.cat(xs), torch.cat(ys)
         dev = xa.device
