@@ -219,10 +219,10 @@ def _run_stage(store: Store, run_id: int, protocol: Protocol, model: PassCounter
         x_adv = out.x_adv[0].detach().to(x.device)
         check_bounds(x_adv, xs, eps, label)
         linf = (x_adv - xs).abs().flatten(1).amax(1).cpu()
-        pred, broke, sc, rej = adversarial_verdict(model, x_adv, ys, bs, detector)  # rejected: not a success
-        if sc is not None and rej is not None:
+        pred, broke, adv_sc, adv_rej = adversarial_verdict(model, x_adv, ys, bs, detector)  # rejected: no success
+        if adv_sc is not None and adv_rej is not None:
             for j, i in enumerate(idx.tolist()):
-                score_all[i], rejected_all[i] = float(sc[j]), bool(rej[j])
+                score_all[i], rejected_all[i] = float(adv_sc[j]), bool(adv_rej[j])
         model.reset()
         success[idx] = broke
         for j, i in enumerate(idx.tolist()):

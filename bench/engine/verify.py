@@ -7,6 +7,7 @@ The engine never trusts an attack's own verdict: it checks the returned inputs (
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -40,7 +41,8 @@ class DetectorRule:
         if x.shape[0] == 0:
             return torch.zeros(0)
         with torch.no_grad():
-            s = torch.cat([self.model.detector_score(x[i:i + bs]).detach().float().cpu()
+            score = cast(Any, self.model).detector_score  # has_detector(model) holds for a rule's model
+            s = torch.cat([score(x[i:i + bs]).detach().float().cpu()
                            for i in range(0, x.shape[0], bs)])
         return torch.nan_to_num(s, nan=float("inf")).clamp(max=3.0e38)
 

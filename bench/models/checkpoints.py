@@ -13,7 +13,7 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from safetensors import SafetensorError
@@ -108,7 +108,7 @@ def train_entry(entry: Entry, dataset: str, budget: str, seed: int, ckpt_dir: Pa
         model = build_model(entry, dataset)
     metrics = train_model(model, entry.recipe, b, x_train, y_train, seed, dev, on_step=on_step, dataset=dataset)
     if hasattr(model, "fit_reference"):  # detectors: reference features of training points, saved as buffers
-        model.fit_reference(x_train, y_train)
+        cast(Any, model).fit_reference(x_train, y_train)
     with torch.no_grad():
         n_eval = min(2000, x_test.shape[0])
         pred = torch.cat([model(x_test[i:i + 500].to(dev)).argmax(1).cpu() for i in range(0, n_eval, 500)])

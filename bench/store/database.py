@@ -23,6 +23,7 @@ touched.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -146,7 +147,7 @@ class Meta(Base):
     value: Mapped[str] = mapped_column(Text)
 
 
-def normalize_url(db: str | Path) -> str:
+def normalize_url(db: str | os.PathLike[str]) -> str:
     """Accept a SQLAlchemy URL or a plain file path (taken as SQLite)."""
     text = str(db)
     if "://" in text:
@@ -162,7 +163,7 @@ def now() -> str:
 class Store:
     """Thin typed access to the database; every write is one transaction."""
 
-    def __init__(self, db: str | Path, create: bool = True) -> None:
+    def __init__(self, db: str | os.PathLike[str], create: bool = True) -> None:
         self.url = normalize_url(db)
         if self.url.startswith("sqlite:///"):
             path = Path(self.url.removeprefix("sqlite:///"))
@@ -317,7 +318,7 @@ def packages_json() -> str:
     """Versions of the packages that decide results, for run provenance."""
     import importlib.metadata as md
 
-    out = {}
+    out: dict[str, str | None] = {}
     for name in ("torch", "torchvision", "pyautoattack", "numpy", "sqlalchemy"):
         try:
             out[name] = md.version(name)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -142,7 +143,7 @@ def summarize_rows(store: Store, run: Run) -> RunSummary:
             by_extra[r.attack].append(r)
         elif r.attack != "clean":
             by_cell[(r.attack, r.eps)].append(r)
-    stages = defaultdict(lambda: [0.0, 0, 0])
+    stages: defaultdict[tuple[str, float], list[Any]] = defaultdict(lambda: [0.0, 0, 0])  # seconds, passes
     for s in store.stages(run.id):
         acc = stages[(s.attack, s.eps)]
         acc[0] += s.seconds
