@@ -7,7 +7,8 @@
   sorting by "worst case", the filters, the flag on the row and on the entry page, the charts, a
   screenshot (``tests/artifacts/``), the injected name staying text, and no request leaving 127.0.0.1.
 
-Chromium is installed with apt-get when missing (``tests/browser.py``); Playwright must be installed.
+Chromium must be installed (``python tasks.py browser``; ``tests/browser.py`` fails naming it when it
+is missing); Playwright must be installed.
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ from bench.protocol import get_protocol
 from bench.storage import Result, Stage, Store
 from leaderboard import build_site
 from registry.entry import Entry, Paper
-from tests.browser import ARGS, cell, column, ensure_chromium, import_playwright, number, rows, serve, watched_page
+from tests import browser as browser_helpers
+from tests.browser import ARGS, cell, column, import_playwright, locate_chromium, number, rows, serve, watched_page
 
 pytestmark = pytest.mark.browser
 
@@ -36,9 +38,17 @@ EVIL = '<script>window.__pwned = 1</script><img src=x onerror="window.__pwned=2"
 UNRELIABLE = "evaluation possibly unreliable"
 
 
+def test_missing_chromium_fails_naming_the_install_task(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """The fixture never installs anything: without a browser it fails (not skips) and names the task."""
+    monkeypatch.setattr(browser_helpers, "CHROMIUM", tmp_path / "no-chromium")
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(pytest.fail.Exception, match=r"python tasks\.py browser"):
+        browser_helpers.locate_chromium()
+
+
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    chromium = ensure_chromium()
+    chromium = locate_chromium()
     sync_playwright = import_playwright()
     with sync_playwright() as p:
         b = p.chromium.launch(executable_path=str(chromium), args=ARGS)
