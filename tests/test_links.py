@@ -1,0 +1,91 @@
+"""Link targets from user data: only http(s) URLs pass :func:`registry.entry.is_http_url`, ``bench submit``
+refuses any other link field, and the site's ``link`` filter shows anything else as plain text."""
+
+from __future__ import annotations
+
+import pytest
+
+from bench.errors import BenchError
+from registry import check_links
+from registry.entry import Entry, Paper, is_http_url
+
+GOOD = [
+    "https://arxiv.org/abs/1706.06083",
+    "http://example.org",
+    "HTTPS://Example.org/Paper?x=1&y=<2>#sec",
+    "https://proceedings.mlr.press/v97/wang19i.html",
+    "https://[2001:db8::1]:8443/p",
+    "https://例え.jp/論文",
+]
+BAD = [
+    "javascript:alert(1)",
+    "JaVaScRiPt:alert(1)",
+    "java\tscript:alert(1)",
+    "java\nscript:alert(1)",
+    " javascript:alert(1)",
+    "\x01javascript:alert(1)",
+    "javascript://example.org/%0Aalert(1)",
+    "data:text/html,<script>alert(1)</script>",
+    "data:text/html;base64,PHNjcmlwdD5hbGVydCgxKTwvc2NyaXB0Pg==",
+    "vbscript:msgbox(1)",
+    "//evil.example/x",
+    "/\\evil.example/x",
+    "https:evil.example",
+    "https:/evil.example",
+    "http://",
+    "https:///evil.example",
+    "http:\\\\evil.example",
+    " https://example.org",
+    "https://example.org\n",
+    "https://exa mple.org",
+    "https://example.org/\u2028",
+    "https://example.org/\u200b",
+    "https://[::1",
+    "ftp://example.org/paper.pdf",
+    "file:///etc/passwd",
+    "paper.pdf",
+    "",
+]
+
+
+@pytest.mark.parametrize("url", GOOD)
+def test_http_urls_pass(url: str) -> None:
+    assert is_http_url(url)
+
+
+@pytest.mark.parametrize("url", BAD)
+def test_anything_else_is_refused(url: str) -> None:
+    assert not is_http_url(url)
+
+
+def test_non_strings_are_refused() -> None:
+    assert not any(is_http_url(v) for v in (None, 1, b"https://example.org", ["https://example.org"]))
+
+
+def _entry(url: str) -> Entry:
+    return Entry(id="mine", name="Mine", description="d", kind="standard", architectures={"mnist": "cnn4"},
+                 paper=Paper("T", "A", "V", url=url), pretrained={"mnist": lambda: None})  # type: ignore[dict-item]
+
+
+def test_check_links_names_the_entry_and_the_field_on_one_line() -> None:
+    for url in BAD[:-1]:  # "" means no link and is allowed
+        with pytest.raises(BenchError) as err:
+            check_links(_entry(url))
+        message = str(err.value)
+        assert "'mine'" in message and "paper.url" in message and "http" in message
+        assert len(message.splitlines()) == 1, message
+    long = "javascript:" + "x" * 500
+    with pytest.raises(BenchError, match="…") as err:
+        check_links(_entry(long))
+    assert len(str(err.value)) < 200
+    for url in GOOD + [""]:
+        check_links(_entry(url))
+
+
+def test_builtin_entries_links_are_http() -> None:
+    """Every built-in entry's links pass the submit rule, so the site shows them all as links."""
+    from registry import ALL_BUILTIN
+
+    assert sum(bool(e.paper.url) for e in ALL_BUILTIN) >= 5
+    for e in ALL_BUILTIN:
+        check_links(e)
