@@ -14,13 +14,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from jinja2 import Environment, PackageLoader, select_autoescape
+from markupsafe import Markup, escape
 
 from bench import code_version
 from bench.metrics import RunSummary, summarize_all
 from bench.storage import Store, now
 from leaderboard.curves import entry_curves
 from leaderboard.findings import findings
-from registry.entry import Claim, Entry
+from registry.entry import Claim, Entry, is_http_url
 
 
 @dataclass
@@ -55,9 +56,25 @@ def fmt_pct(value: float | None) -> str:
     return "–" if value is None or value != value else f"{value:.1f}"
 
 
+def link(text: object, url: object) -> Markup:
+    """``<a href="url">text</a>`` when ``url`` is an http(s) URL, else ``text`` alone; both escaped.
+
+    The one way a template turns user data into a link (the ``link`` filter: ``{{ title|link(url) }}``).
+    Stored entries and records written without ``bench submit`` are never validated, so a
+    ``javascript:`` or ``data:`` target from them is shown as plain text instead of a live link.
+    """
+    if is_http_url(url):
+        return Markup('<a href="{}">{}</a>').format(url, text)
+    return escape(text)
+
+
+def _slug_part(text: str) -> str:
+    return re.sub(r"[^a-z0-9._-]", "_", text.lower())
+
+
 def run_slug(s: RunSummary) -> str:
-    safe = re.sub(r"[^a-z0-9._-]", "_", s.run.entry_id.lower())
-    return f"{safe}--{s.run.protocol}--run{s.run.id}"
+    """The run page's file name (without ``.html``): safe characters only, since it is a path and a link."""
+    return f"{_slug_part(s.run.entry_id)}--{_slug_part(s.run.protocol)}--run{s.run.id}"
 
 
 def same_eps(a: float, b: float) -> bool:
@@ -77,6 +94,7 @@ def build_site(store: Store, out: Path, entries: dict[str, Entry]) -> Path:
     """Write the site into ``out`` and return the path of ``index.html``."""
     env = Environment(loader=PackageLoader("leaderboard", "templates"), autoescape=select_autoescape(["html"]))
     env.filters["pct"] = fmt_pct
+    env.filters["link"] = link
     env.filters["attack_desc"] = attack_desc
     env.filters["value"] = lambda v: "" if v is None or v != v else f"{v:.4f}"
     summaries = summarize_all(store)

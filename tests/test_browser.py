@@ -20,15 +20,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from torch import nn
 
 from bench.checks import CheckResult
-from bench.protocol import get_protocol
-from bench.storage import Result, Stage, Store
+from bench.storage import Store
 from leaderboard import build_site
-from registry.entry import Entry, Paper
 from tests import browser as browser_helpers
 from tests.browser import ARGS, cell, column, import_playwright, locate_chromium, number, rows, serve, watched_page
+from tests.sites import PROTOCOL, N, add_run, make_entry
 
 pytestmark = pytest.mark.browser
 
@@ -173,48 +171,6 @@ def test_board_js_on_contract_page(browser: Any, contract_url: str) -> None:
 
 # --- the real site -----------------------------------------------------------------------------------------
 
-PROTOCOL = get_protocol("mnist-linf-tiny-v1")
-N = PROTOCOL.n_samples  # 40
-
-
-def _model() -> nn.Module:
-    return nn.Flatten()
-
-
-def _entry(entry_id: str, name: str, kind: str) -> Entry:
-    return Entry(id=entry_id, name=name, description=f"{name}: a hand-written test entry.", kind=kind,
-                 paper=Paper(title=f"Paper of {entry_id}", authors="A. Author", venue="Test 2024"),
-                 architectures={"mnist": "flatten"}, pretrained={"mnist": _model})
-
-
-def add_run(store: Store, entry_id: str, name: str, sha: str, clean: int, worst: list[int] | None) -> int:
-    """A run with hand-made rows: ``clean`` samples correct, then per eps the cascade leaves
-    worst[i] + 2 after FGSM, worst[i] + 1 after PGD-CE and worst[i] after PGD-CW (None: clean only)."""
-    run = store.get_or_create_run(
-        entry_id=entry_id, entry_name=name, entry_version="1", protocol=PROTOCOL.name,
-        fingerprint=PROTOCOL.fingerprint, protocol_json=PROTOCOL.run_json(PROTOCOL), checkpoint_sha256=sha * 64,
-        budget="tiny", train_seed=0, code_version="test", packages="{}", device="cpu", n_samples=N)
-    fp = PROTOCOL.fingerprint
-
-    def stage(attack: str, eps: float, before: int, after: int, seed: int) -> None:
-        rows = [Result(run_id=run.id, fingerprint=fp, attack=attack, eps=eps, sample=s, label=s % 10,
-                       attacked=s < before, success=after <= s < before, robust_after=s < after,
-                       pred=(s % 10 if s < after else (s + 1) % 10 if s < before else None),
-                       linf=(eps if after <= s < before else None)) for s in range(N)]
-        assert store.write_stage(Stage(run_id=run.id, fingerprint=fp, attack=attack, eps=eps, chunk_start=0,
-                                       chunk_stop=N, n_attacked=before, n_broken=before - after, n_forward=before,
-                                       n_backward=before, seconds=0.25, seed=seed), rows, 0.25)
-
-    stage("clean", 0.0, N, clean, 0)
-    before = clean
-    for eps, w in zip(PROTOCOL.epsilons, worst, strict=True) if worst is not None else ():
-        for spec, left in zip(PROTOCOL.attacks, (w + 2, w + 1, w), strict=True):
-            after = min(before, left)
-            stage(spec.label, eps, before, after, spec.seed)
-            before = after
-    return run.id
-
-
 @dataclass
 class Site:
     base: str
@@ -238,7 +194,7 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     for i, (eid, (name, kind, clean, worst)) in enumerate(plan.items()):
         ids[eid] = add_run(store, eid, name, "abcde"[i], clean, worst)
         if eid != "delta":  # delta is no longer registered: the site must cope
-            entries[eid] = _entry(eid, name, kind)
+            entries[eid] = make_entry(eid, name, kind)
     store.replace_checks(ids["beta"], [CheckResult(
         name="bad-gradients", status="fail", value=5.0, summary="5 of 40 samples have an all-zero input gradient",
         evidence={"zero_ids": [1, 2, 3, 4, 5]}).to_row(ids["beta"])])

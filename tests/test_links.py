@@ -3,11 +3,18 @@ refuses any other link field, and the site's ``link`` filter shows anything else
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
+from markupsafe import Markup
 
 from bench.errors import BenchError
+from bench.storage import Store
+from leaderboard import build_site
+from leaderboard.build import link
 from registry import check_links
 from registry.entry import Entry, Paper, is_http_url
+from tests.sites import add_run, anchors, link_targets, make_entry
 
 GOOD = [
     "https://arxiv.org/abs/1706.06083",
@@ -89,3 +96,41 @@ def test_builtin_entries_links_are_http() -> None:
     assert sum(bool(e.paper.url) for e in ALL_BUILTIN) >= 5
     for e in ALL_BUILTIN:
         check_links(e)
+
+
+def test_link_filter_renders_only_http_targets() -> None:
+    assert link("<b>T</b>", 'https://example.org/?q="x"&y=1') == Markup(
+        '<a href="https://example.org/?q=&#34;x&#34;&amp;y=1">&lt;b&gt;T&lt;/b&gt;</a>')
+    for url in BAD:
+        shown = link("<b>T</b>", url)
+        assert shown == Markup("&lt;b&gt;T&lt;/b&gt;"), url
+        assert "<a" not in shown and "href" not in shown
+
+
+def test_a_stored_javascript_paper_url_renders_as_plain_text(tmp_path: Path) -> None:
+    """An entry that never went through ``bench submit`` (already stored, or a built-in edited by hand)
+    keeps its javascript: URL; the site shows its paper's venue and title as text, with no link."""
+    store = Store(tmp_path / "gauntlet.db")
+    bad = "javascript:document.title='XSS3'"
+    entries = {
+        "old": make_entry("old", "Old entry", "standard",
+                          paper=Paper("Old paper", "A. Author", "Old venue", url=bad)),
+        "good": make_entry("good", "Good entry", "standard",
+                           paper=Paper("Good paper", "B. Author", "Good venue", url="https://example.org/good")),
+    }
+    for i, eid in enumerate(entries):
+        add_run(store, eid, entries[eid].name, "ab"[i], 38, [30, 20, 10, 0])
+    index = build_site(store, tmp_path / "site", entries)
+    pages = {p.name: p.read_text() for p in [index, *sorted((tmp_path / "site" / "runs").glob("*.html"))]}
+    assert len(pages) == 3
+    for name, html in pages.items():
+        assert not [t for t in link_targets(html) if "script" in t[2].lower()], name
+        assert "XSS3" not in html, name
+    assert ("https://example.org/good", "Good venue") in anchors(pages["index.html"])
+    assert "Old venue" in pages["index.html"]
+    assert not [a for a in anchors(pages["index.html"]) if "Old venue" in a[1]]
+    old = next(html for name, html in pages.items() if name.startswith("old--"))
+    assert "Paper: Old paper — A. Author, Old venue." in old
+    assert not [a for a in anchors(old) if "Old paper" in a[1]]
+    good = next(html for name, html in pages.items() if name.startswith("good--"))
+    assert ("https://example.org/good", "Good paper") in anchors(good)
