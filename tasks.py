@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Developer tasks: ``python tasks.py install|demo|test|test-slow|lint|perf|perf-demo``.
+"""Developer tasks: ``python tasks.py install|browser|demo|test|test-slow|lint|perf|perf-demo``.
 
 Plain Python (no task-runner dependency) so it works on a fresh machine with only Python 3.11.
 """
@@ -7,6 +7,7 @@ Plain Python (no task-runner dependency) so it works on a fresh machine with onl
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -27,6 +28,34 @@ def install() -> None:
         sh(sys.executable, "-m", "venv", str(VENV))
     sh(str(BIN / "pip"), "install", "-q", "--upgrade", "pip")
     sh(str(BIN / "pip"), "install", "-q", "-e", ".[dev]")
+
+
+CHROMIUM = Path("/usr/bin/chromium")
+
+
+def browser() -> None:
+    """Install Debian's ``chromium`` with apt-get when /usr/bin/chromium is missing (the browser tests need it).
+
+    The browser tests drive this system package through Playwright, never ``playwright install``:
+    the test machines reach only package registries. Installing is a setup step, kept out of the test
+    fixtures so a test run never changes the machine; apt-get needs root (or sudo).
+    """
+    if CHROMIUM.exists():
+        print(f"{CHROMIUM} is already installed", flush=True)
+        return
+    if shutil.which("apt-get") is None:
+        sys.exit(f"{CHROMIUM} is missing and apt-get is not available: install Chromium by hand")
+    prefix: list[str] = []
+    if os.geteuid() != 0:
+        if shutil.which("sudo") is None:
+            sys.exit(f"{CHROMIUM} is missing: run `python tasks.py browser` as root (apt-get needs it)")
+        prefix = ["sudo", "-E"]
+    os.environ["DEBIAN_FRONTEND"] = "noninteractive"
+    sh(*prefix, "apt-get", "update", "-q")
+    sh(*prefix, "apt-get", "install", "-y", "-q", "chromium")
+    if not CHROMIUM.exists():
+        sys.exit(f"apt-get installed chromium but {CHROMIUM} is still missing")
+    print(f"installed {CHROMIUM}", flush=True)
 
 
 def demo() -> None:
@@ -70,8 +99,8 @@ def perf_demo() -> None:
           f"pool speed-up {wall['1'] / wall['0']:.2f}x", flush=True)
 
 
-TASKS = {"install": install, "demo": demo, "test": test, "test-slow": test_slow, "lint": lint, "perf": perf,
-         "perf-demo": perf_demo}
+TASKS = {"install": install, "browser": browser, "demo": demo, "test": test, "test-slow": test_slow, "lint": lint,
+         "perf": perf, "perf-demo": perf_demo}
 
 if __name__ == "__main__":
     if len(sys.argv) != 2 or sys.argv[1] not in TASKS:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from jinja2 import Environment, PackageLoader, select_autoescape
+from markupsafe import Markup, escape
 
 from bench import code_version
 from bench.report.naming import headline_claim, same_eps
@@ -21,7 +22,7 @@ from bench.report.summary import CheckedSummary, summarize_all
 from bench.store.database import Store, now
 from leaderboard.curves import entry_curves
 from leaderboard.findings import findings
-from registry.entry import Claim, Entry
+from registry.entry import Claim, Entry, is_http_url
 
 
 @dataclass
@@ -56,6 +57,18 @@ def fmt_pct(value: float | None) -> str:
     return "–" if value is None or value != value else f"{value:.1f}"
 
 
+def link(text: object, url: object) -> Markup:
+    """``<a href="url">text</a>`` when ``url`` is an http(s) URL, else ``text`` alone; both escaped.
+
+    The one way a template turns user data into a link (the ``link`` filter: ``{{ title|link(url) }}``).
+    Stored entries and records written without ``bench submit`` are never validated, so a
+    ``javascript:`` or ``data:`` target from them is shown as plain text instead of a live link.
+    """
+    if is_http_url(url):
+        return Markup('<a href="{}">{}</a>').format(url, text)
+    return escape(text)
+
+
 def run_slug(s: CheckedSummary) -> str:
     """The file name of a run's page (see :func:`bench.report.naming.run_slug`)."""
     return slug_of(s.run)
@@ -65,6 +78,7 @@ def build_site(store: Store, out: Path, entries: dict[str, Entry]) -> Path:
     """Write the site into ``out`` and return the path of ``index.html``."""
     env = Environment(loader=PackageLoader("leaderboard", "templates"), autoescape=select_autoescape(["html"]))
     env.filters["pct"] = fmt_pct
+    env.filters["link"] = link
     env.filters["attack_desc"] = attack_desc
     env.filters["value"] = lambda v: "" if v is None or v != v else f"{v:.4f}"
     summaries = summarize_all(store)

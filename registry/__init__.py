@@ -15,13 +15,13 @@ from pathlib import Path
 
 from registry.builtin import BUILTIN_ENTRIES, DEMO_ENTRIES
 from registry.detectors import DETECTOR_ENTRIES
-from registry.entry import Claim, Entry, Paper
+from registry.entry import Claim, Entry, Paper, is_http_url
 from registry.errors import EntryError
 from registry.regularisers import REGULARISER_ENTRIES
 from registry.test_time import TEST_TIME_ENTRIES
 
-__all__ = ["ALL_BUILTIN", "BUILTIN_ENTRIES", "DEMO_ENTRIES", "Claim", "Entry", "Paper", "all_entries", "get_entry",
-           "load_submission_file", "submit_file"]
+__all__ = ["ALL_BUILTIN", "BUILTIN_ENTRIES", "DEMO_ENTRIES", "Claim", "Entry", "Paper", "all_entries", "check_links",
+           "get_entry", "is_http_url", "load_submission_file", "submit_file"]
 
 
 def load_submission_file(path: Path) -> list[Entry]:
@@ -81,6 +81,19 @@ def get_entry(entry_id: str, submissions_dir: Path | None = None) -> Entry:
         raise EntryError(f"unknown entry {entry_id!r}; known: {', '.join(entries)}") from None
 
 
+def check_links(entry: Entry) -> None:
+    """Refuse any link field that is set and not an http(s) URL (see :func:`registry.entry.is_http_url`).
+
+    The site shows these fields as links, so a ``javascript:`` or ``data:`` target would be a stored
+    script in every reader's browser. The message names the entry and the field on one line (``repr``
+    escapes tabs and newlines; long values are cut).
+    """
+    for name, url in entry.links.items():
+        if url and not is_http_url(url):
+            shown = url if len(url) <= 60 else url[:59] + "…"
+            raise EntryError(f"entry {entry.id!r}: {name} must be an http:// or https:// URL, not {shown!r}")
+
+
 def submit_file(path: Path, submissions_dir: Path) -> list[Entry]:
     """Validate a submission and copy it into the workspace; returns its entries."""
     entries = load_submission_file(path)
@@ -88,6 +101,7 @@ def submit_file(path: Path, submissions_dir: Path) -> list[Entry]:
     for e in entries:
         if e.id in builtin_ids:
             raise EntryError(f"submitted entry id {e.id!r} clashes with a built-in entry")
+        check_links(e)
     submissions_dir.mkdir(parents=True, exist_ok=True)
     target = submissions_dir / f"{entries[0].id}.py"
     others = {x.id: p for p in submissions_dir.glob("*.py") if p != target

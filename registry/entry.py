@@ -7,13 +7,38 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
+from urllib.parse import urlsplit
 
 from torch import nn
 
 from defenses.training import Recipe
 
 ENTRY_ID = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
+LINK_SCHEMES = ("http", "https")
 KINDS = ("standard", "adversarial-training", "regulariser", "detector", "test-time", "ensemble", "pretrained")
+
+
+def is_http_url(value: object) -> bool:
+    r"""True when ``value`` is an absolute http(s) URL with a host that a browser reads the same way.
+
+    A link target from user data must never run script: ``javascript:``, ``vbscript:`` and ``data:``
+    URLs do, and browsers drop tabs and newlines anywhere in a URL and trim leading spaces and control
+    characters, so ``"java\tscript:..."`` and ``" javascript:..."`` are live too. Any whitespace or
+    non-printable character is therefore refused rather than normalised away, as are backslashes
+    (read as slashes in http URLs); the scheme must be spelled out as ``http://`` or ``https://``
+    (no ``//host`` relative-protocol or ``https:host`` forms) and name a host.
+    """
+    if not isinstance(value, str) or not value or "\\" in value:
+        return False
+    if any(c.isspace() or not c.isprintable() for c in value):
+        return False
+    try:
+        parts = urlsplit(value)
+        host = parts.hostname
+    except ValueError:  # e.g. an unclosed IPv6 bracket
+        return False
+    scheme = parts.scheme.lower()
+    return scheme in LINK_SCHEMES and value[len(scheme):len(scheme) + 3] == "://" and bool(host)
 
 
 @dataclass(frozen=True)
@@ -89,6 +114,11 @@ class Entry:
             raise ValueError(f"entry {self.id}: wraps and wrapper go together")
         object.__setattr__(self, "architectures", MappingProxyType(dict(self.architectures)))
         object.__setattr__(self, "extra", MappingProxyType(dict(self.extra)))
+
+    @property
+    def links(self) -> dict[str, str]:
+        """Every field the site renders as a link, by its dotted name (``bench submit`` checks each one)."""
+        return {"paper.url": self.paper.url}
 
     @property
     def datasets(self) -> tuple[str, ...]:

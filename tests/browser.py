@@ -1,16 +1,16 @@
-"""Headless Chromium for the browser tests: install Debian's chromium if missing, launch it through
-Playwright, serve a folder on 127.0.0.1, and keep every request the page makes on record.
+"""Headless Chromium for the browser tests: locate Debian's chromium, launch it through Playwright,
+serve a folder on 127.0.0.1, and keep every request the page makes on record.
 
-Debian's package (``apt-get install -y chromium``) is used, never ``playwright install``: the test
-machines reach only package registries. The flags turn off Chromium's own background traffic
-(component updates, sync, QUIC probes), which a closed network would refuse anyway.
+Debian's package is used, never ``playwright install``: the test machines reach only package
+registries. ``python tasks.py browser`` installs it with apt-get (``.ci/run`` does so before the
+tests); a missing browser fails the tests with that hint instead of being installed by them. The
+flags turn off Chromium's own background traffic (component updates, sync, QUIC probes), which a
+closed network would refuse anyway.
 """
 
 from __future__ import annotations
 
-import os
 import shutil
-import subprocess
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -25,30 +25,21 @@ import pytest
 CHROMIUM = Path("/usr/bin/chromium")
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-APT_TIMEOUT = 900
 
 
-def ensure_chromium() -> Path:
-    """Debian's chromium, installed with apt-get when missing; a clear failure (not a skip) when impossible."""
+def locate_chromium() -> Path:
+    """Debian's chromium (else a ``chromium`` on PATH); a clear failure, not a skip, when there is none.
+
+    Installing it is a setup step (``python tasks.py browser``, which ``.ci/run`` runs before the
+    tests), never a side effect of a test run.
+    """
     if CHROMIUM.exists():
         return CHROMIUM
-    if shutil.which("apt-get") is None or os.geteuid() != 0:
-        pytest.fail(f"{CHROMIUM} is missing and cannot be installed here (needs root and apt-get): "
-                    "run `apt-get update && apt-get install -y chromium`", pytrace=False)
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    log = []
-    for cmd in (["apt-get", "update", "-q"], ["apt-get", "install", "-y", "-q", "chromium"]):
-        try:
-            done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=APT_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            pytest.fail(f"`{' '.join(cmd)}` timed out after {APT_TIMEOUT} s", pytrace=False)
-        log.append(done.stdout + done.stderr)
-        if done.returncode != 0:
-            tail = "\n".join(log[-1].strip().splitlines()[-15:])
-            pytest.fail(f"`{' '.join(cmd)}` failed (exit {done.returncode}):\n{tail}", pytrace=False)
-    if not CHROMIUM.exists():
-        pytest.fail(f"apt-get install chromium finished but {CHROMIUM} is still missing", pytrace=False)
-    return CHROMIUM
+    found = shutil.which("chromium")
+    if found is None:
+        pytest.fail(f"{CHROMIUM} is missing: run `python tasks.py browser` (installs Debian's chromium "
+                    "with apt-get; needs root or sudo)", pytrace=False)
+    return Path(found)
 
 
 def import_playwright() -> Any:

@@ -133,6 +133,26 @@ def test_submit_train_evaluate_show_a_user_entry(workspace: Path, tmp_path: Path
     assert_one_line_error(invoke("submit", str(empty)), "must define ENTRY")
 
 
+@pytest.mark.parametrize("url", ["javascript:document.title='XSS3'", "java\tscript:alert(1)", " javascript:alert(1)",
+                                 "data:text/html,<script>alert(1)</script>", "vbscript:msgbox(1)", "//evil.example/x"])
+def test_submit_refuses_a_link_that_is_not_http(workspace: Path, tmp_path: Path, url: str) -> None:
+    """A paper URL the site would render as a link must be http(s): anything else is one error line naming
+    the field, and nothing is registered."""
+    path = tmp_path / "mine.py"
+    path.write_text(SUBMISSION.replace('"arXiv 2026")', f'"arXiv 2026", url={url!r})'))
+    assert_one_line_error(invoke("submit", str(path)), "'my-cnn4'", "paper.url", "http")
+    assert not list((workspace / "submissions").glob("*.py"))
+    assert "my-cnn4" not in invoke("entries").output
+
+
+def test_submit_accepts_an_https_paper_url(workspace: Path, tmp_path: Path) -> None:
+    path = tmp_path / "mine.py"
+    path.write_text(SUBMISSION.replace('"arXiv 2026")', '"arXiv 2026", url="https://arxiv.org/abs/1706.06083")'))
+    result = invoke("submit", str(path))
+    assert result.exit_code == 0, result.output
+    assert [p.name for p in (workspace / "submissions").glob("*.py")] == ["my-cnn4.py"]
+
+
 def test_python_dash_m_bench_works() -> None:
     import subprocess
     import sys

@@ -38,7 +38,7 @@ from bench.errors import BenchError
 from bench.report.naming import headline_claim, run_slug
 from bench.report.summary import CheckedSummary, summarize
 from bench.store.database import Result, Run, Store
-from registry.entry import Entry
+from registry.entry import Entry, is_http_url
 
 FORMATS = ("json", "csv")
 
@@ -89,7 +89,7 @@ def model_info(s: CheckedSummary, entry: Entry | None) -> dict[str, Any]:
     ranked = _num(s.ranked_worst)
     paper = entry.paper if entry is not None else None
     info: dict[str, Any] = {
-        "link": (paper.url or None) if paper else None,
+        "link": paper.url if paper and is_http_url(paper.url) else None,  # never a javascript:/data: target
         "name": entry.name if entry is not None else run.entry_name,
         "authors": paper.authors if paper else None,
         "additional_data": _additional_data(entry),

@@ -9,10 +9,14 @@ from bench.store.database import Run
 from registry.entry import Claim, Entry
 
 
+def _slug_part(text: str) -> str:
+    return re.sub(r"[^a-z0-9._-]", "_", text.lower())
+
+
 def run_slug(run: Run) -> str:
-    """The file name (without extension) of a run's page and export files."""
-    safe = re.sub(r"[^a-z0-9._-]", "_", run.entry_id.lower())
-    return f"{safe}--{run.protocol}--run{run.id}"
+    """The file name (without extension) of a run's page and export files: safe characters only,
+    since it is both a path and a link (a stored protocol name with '/' or '..' must not escape)."""
+    return f"{_slug_part(run.entry_id)}--{_slug_part(run.protocol)}--run{run.id}"
 
 
 def same_eps(a: float, b: float) -> bool:
