@@ -64,7 +64,7 @@ def test_texts_follow_the_suite_numbers() -> None:
                               "accuracy drop <= 2.5 points"),
             "loss-still-moving": (HAND_WRITTEN["loss-still-moving"][2],
                                   "last 20% of the steps add <= 10% of the loss gain"),
-            "adaptive-gap": (HAND_WRITTEN["adaptive-gap"][2], "gap <= 1 points")}
+            "adaptive-gap": (HAND_WRITTEN["adaptive-gap"][2], "gap <= 1 point")}
     for name, (title, threshold) in want.items():
         d = CHECKS[name]
         assert (d.title_of(changed), d.threshold_of(changed)) == (title, threshold), name

@@ -19,7 +19,7 @@ import torch
 
 from bench.checks.probes import ModelFacts, Outcome, PGDJob, PGDSetting
 from bench.checks.probes import model_facts as measure_model_facts
-from bench.checks.registry import SUITE, CheckInputs, CheckResult, beyond_noise, check, sample_ids
+from bench.checks.registry import SUITE, CheckInputs, CheckResult, beyond_noise, check, points, sample_ids
 
 NOISE_RULE = "no rise beyond sampling noise (paired sign rule)"
 
@@ -216,13 +216,9 @@ def check_restarts(drop: float, broken: list[int], probed: int, survivors: int, 
          "exposed_at_primary": sorted(broken)})
 
 
-def _points(x: float) -> str:
-    return f"{x:g} point" + ("" if x == 1 else "s")
-
-
 @check("not-converged", 8, "unreliable",
        lambda s: f"{s['steps_factor']}x steps and {s['restarts']} restarts break more of the cascade's survivors",
-       lambda s: f"accuracy drop <= {_points(s['max_probe_drop'])}")
+       lambda s: f"accuracy drop <= {points(s['max_probe_drop'])}")
 def restarts_probe(inp: CheckInputs) -> list[CheckResult]:
     """The protocol's PGD with more steps and restarts (``steps_factor``, ``restarts``) on up to
     ``restart_samples`` of the cascade's survivors, or the protocol's stored probe of the same."""

@@ -69,6 +69,11 @@ def beyond_noise(up: int, down: int, z: float | None = None) -> bool:
     return up - down >= max(2.0, z * math.sqrt(up + down))
 
 
+def points(x: float) -> str:
+    """A threshold in accuracy points, as the check texts write it: "1 point", "5 points"."""
+    return f"{x:g} point" + ("" if x == 1 else "s")
+
+
 def sample_ids(xs: set[int] | list[int], cap: int = 50) -> list[int]:
     """The first ``cap`` sample ids, sorted: the evidence a check cites."""
     return sorted(xs)[:cap]

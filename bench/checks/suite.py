@@ -31,6 +31,7 @@ from bench.checks.registry import (
     CheckResult,
     beyond_noise,
     check,
+    points,
     sample_ids,
     suite_for,
 )
@@ -107,7 +108,7 @@ def check_adaptive_gap(protocol: dict, cells: dict[tuple[str, float], float], wo
 
 
 @check("adaptive-gap", 9, "warning", "A declared adaptive attack beats every non-adaptive attack",
-       lambda s: f"gap <= {s['max_adaptive_gap']:g} points")
+       lambda s: f"gap <= {points(s['max_adaptive_gap'])}")
 def adaptive_gap(inp: CheckInputs) -> list[CheckResult]:
     """Item 9 on the run's summary: cascade accuracies per (attack, eps) and the worst case."""
     cells = {key: c.accuracy for key, c in inp.summary.cells.items()}
