@@ -105,6 +105,9 @@ class CheckDef:
 
 @dataclass
 class CheckResult:
+    """One check's outcome on one run, as stored in the ``checks`` table (title and threshold come from
+    the declaration, so rows read back show the current texts)."""
+
     name: str
     status: str  # pass | fail | not-run
     value: float | None
