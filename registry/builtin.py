@@ -24,6 +24,11 @@ UNCERTAINTY = Paper("Rethinking Uncertainty in Deep Learning: Whether and How It
                     "000_2dab57ef017d8076.txt")
 PNML = Paper("Utilizing Adversarial Targeted Attacks to Boost Adversarial Robustness", "Pesso, Bibas, "
              "Feder", "arXiv 2021", "https://arxiv.org/abs/2109.01945", "004_37b05f55427c11e4.txt")
+# Plain training is no paper's method, so the undefended entry claims no venue or year: it is the
+# baseline whose recipe (appendix A) and numbers (Table 1, 'Standard' rows) the pNML paper reports,
+# and it links there. Shown as its venue on the board, "baseline" says what it is.
+STANDARD_BASELINE = Paper("Standard (undefended) training: the 'Standard' baseline of Table 1 and appendix A in "
+                          + PNML.title, PNML.authors, "baseline", PNML.url, PNML.file)
 
 EPS8 = 8 / 255
 
@@ -68,7 +73,7 @@ STANDARD = Entry(
     id="standard",
     name="Standard training",
     description="Plain cross-entropy training, no defense: the floor every defense must beat.",
-    paper=PNML,
+    paper=STANDARD_BASELINE,
     kind="standard",
     architectures={"mnist": "madry-cnn", "cifar10": "resnet18"},
     recipe=Recipe("ce", {}, {

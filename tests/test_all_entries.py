@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -11,7 +12,10 @@ from bench.cli.app import app
 from bench.models.checkpoints import recipe_hash
 from bench.protocol.data import DATASETS
 from defenses.architectures import ARCHITECTURES
-from registry import ALL_BUILTIN
+from registry import ALL_BUILTIN, get_entry
+from registry.builtin import PNML
+
+PAPERS = Path(__file__).resolve().parents[2] / "shared" / "papers"  # ../shared/papers beside the checkout
 
 
 @pytest.mark.parametrize("entry", ALL_BUILTIN, ids=lambda e: e.id)
@@ -29,6 +33,25 @@ def test_entry_is_well_formed(entry) -> None:
     for claim in entry.claims:
         assert claim.table and claim.dataset in entry.architectures
     assert len({recipe_hash(entry, "mnist", b, 0) for b in ("paper", "quick", "tiny")}) == 3
+
+
+def test_standard_is_the_baseline_of_the_paper_it_reproduces() -> None:
+    """Plain training is no paper's contribution: the entry names the paper whose 'Standard' baseline it
+    reproduces (pNML, 004) and claims no venue or year, and that paper holds its recipe and its numbers."""
+    entry = get_entry("standard")
+    paper = entry.paper
+    assert paper.venue == "baseline" and not re.search(r"(19|20)\d\d", paper.venue + paper.title)
+    assert (paper.authors, paper.url, paper.file) == (PNML.authors, PNML.url, PNML.file)
+    assert paper.title.endswith(PNML.title) and "baseline" in paper.title
+    text = (PAPERS / paper.file).read_text()
+    rows = [line for line in text.splitlines() if "\tStandard\t" in line]  # Table 1's undefended models
+    for claim in entry.claims:
+        assert any(row.startswith(claim.dataset.upper()) and f"Standard\t{claim.clean:g}%" in row
+                   and f"{claim.robust:g}%" in row for row in rows), claim
+    mnist = entry.recipe.budget("mnist", "paper")
+    assert (mnist.epochs, mnist.lr, mnist.momentum, mnist.weight_decay, mnist.batch_size) == (100, 0.01, 0.9, 1e-4, 50)
+    assert ("We trained the standard model for 100 epochs with natural training set. We used SGD with a learning "
+            "rate of 0.01, a momentum value of 0.9, a weight decay of 0.0001, and a batch size of 50.") in text
 
 
 def test_entry_ids_are_unique() -> None:

@@ -9,7 +9,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from bench.checks.suite import CHECKS, suite_for
 from bench.cli.app import app
+from bench.protocol.protocols import get_protocol
 
 runner = CliRunner()
 
@@ -42,6 +44,28 @@ def assert_one_line_error(result, *fragments: str) -> None:
     assert text.startswith("error:")
     for f in fragments:
         assert f in text
+
+
+def stored_checks(db: Path, run_id: int) -> list[tuple[str, str, str, str, str]]:
+    """(name, severity, status, suite, summary) of a run's stored check rows, in stored order."""
+    with sqlite3.connect(db) as con:
+        return con.execute("select name, severity, status, suite, summary from checks where run_id = ? order by id",
+                           (run_id,)).fetchall()
+
+
+def assert_checks_ran(output: str, db: Path, run_id: int, protocol: str) -> None:
+    """The command's checks line names the run and reports the verdict of the rows it stored: every
+    check of the current suite, under the current suite id, each failed one listed."""
+    rows = stored_checks(db, run_id)
+    assert [r[0] for r in rows] == list(CHECKS)
+    assert {r[3] for r in rows} == {suite_for(get_protocol(protocol).canonical())[1]}
+    line = re.search(rf"^checks of run {run_id} \(\d+ s\): (.*)$", output, re.M)
+    assert line, output
+    unreliable = any(sev == "unreliable" and status == "fail" for _, sev, status, _, _ in rows)
+    assert line.group(1) == ("evaluation possibly unreliable" if unreliable else "no unreliable flag")
+    words = " ".join(output.split())  # a long report line may be wrapped
+    for name, severity, status, _, summary in rows:
+        assert (" ".join(f"[{severity}] {name}: {summary}".split()) in words) == (status == "fail"), name
 
 
 def test_entries_lists_builtins_with_papers(workspace: Path) -> None:
@@ -79,13 +103,20 @@ def test_train_evaluate_show_leaderboard_and_corrupt_checkpoint(workspace: Path,
     result = invoke("evaluate", "standard", "--budget", "tiny", "--protocol", "mnist-linf-tiny-v1")
     assert result.exit_code == 0, result.output
     assert "clean" in result.output and "checks of run 1 (" in result.output
+    db = workspace / "gauntlet.db"
+    assert_checks_ran(result.output, db, 1, "mnist-linf-tiny-v1")
     result = invoke("show", "standard")
     assert result.exit_code == 0 and "mnist-linf-tiny-v1" in result.output
     result = invoke("leaderboard", "--out", str(tmp_path / "site"))
     assert result.exit_code == 0 and (tmp_path / "site" / "index.html").is_file()
-    # the checks ran with the evaluation; `bench check` re-runs them; exports write one file per run
+    # the checks ran with the evaluation; `bench check` re-runs them (replacing stale rows, here marked
+    # as made by another suite); exports write one file per run
+    with sqlite3.connect(db) as con:
+        con.execute("update checks set suite = 'checks-v0-quick:stale', summary = 'stale'")
     result = invoke("check", "standard", "--budget", "tiny", "--protocol", "mnist-linf-tiny-v1")
     assert result.exit_code == 0 and "checks of run 1 (" in result.output, result.output
+    assert_checks_ran(result.output, db, 1, "mnist-linf-tiny-v1")
+    assert "stale" not in {r[4] for r in stored_checks(db, 1)}
     assert_one_line_error(invoke("check", "trades", "--budget", "tiny", "--protocol", "mnist-linf-tiny-v1"),
                           "no checkpoint")
     for fmt in ("json", "csv"):
@@ -115,6 +146,7 @@ def test_submit_train_evaluate_show_a_user_entry(workspace: Path, tmp_path: Path
     assert invoke("train", "my-cnn4", "--budget", "tiny").exit_code == 0
     result = invoke("evaluate", "my-cnn4", "--budget", "tiny", "--protocol", "mnist-linf-tiny-v1")
     assert result.exit_code == 0, result.output
+    assert_checks_ran(result.output, workspace / "gauntlet.db", 1, "mnist-linf-tiny-v1")
     assert "my-cnn4" in invoke("show", "my-cnn4").output
     site = tmp_path / "site"
     assert invoke("leaderboard", "--out", str(site)).exit_code == 0

@@ -13,7 +13,7 @@ from bench.errors import AttackContractError, BenchError
 from bench.report.summary import summarize
 from bench.store.database import Result, Store
 from registry import get_entry
-from tests.conftest import EscapingAttack, Linear, small_protocol
+from tests.conftest import EscapingAttack, Linear, fit_linear_mnist, small_protocol
 
 
 def _target(model: Linear) -> EvalTarget:
@@ -31,8 +31,21 @@ def _eval(tmp_path: Path, name: str, model: Linear, **kw) -> tuple[Store, int]:
     return store, evaluate(store, _target(model), protocol, **kw)
 
 
-def test_eps_zero_equals_clean_and_worst_case_is_monotone(tmp_path: Path, linear_mnist: Linear) -> None:
-    store, run_id = _eval(tmp_path, "a", linear_mnist)
+@pytest.fixture(scope="module")
+def linear() -> Linear:
+    """The conftest's linear MNIST model, fitted once for this module (no test changes it)."""
+    return fit_linear_mnist()
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory: pytest.TempPathFactory, linear: Linear) -> tuple[Store, int]:
+    """One uninterrupted evaluation under the small protocol: read by several tests, and the rows that
+    every other way of running the same evaluation (again, in other batches, resumed, in slices) must give."""
+    return _eval(tmp_path_factory.mktemp("engine"), "reference", linear)
+
+
+def test_eps_zero_equals_clean_and_worst_case_is_monotone(reference: tuple[Store, int]) -> None:
+    store, run_id = reference
     s = summarize(store, store.runs()[0])
     assert s.complete and s.n_evaluated == 60
     assert s.worst[0.0] == pytest.approx(s.clean_acc)
@@ -49,21 +62,22 @@ def test_eps_zero_equals_clean_and_worst_case_is_monotone(tmp_path: Path, linear
         assert final[big] <= final[small]
 
 
-def test_one_row_per_run_attack_eps_sample(tmp_path: Path, linear_mnist: Linear) -> None:
-    store, run_id = _eval(tmp_path, "a", linear_mnist)
+def test_one_row_per_run_attack_eps_sample(reference: tuple[Store, int]) -> None:
+    store, run_id = reference
     rows = _rows(store, run_id)
     keys = [(r[0], r[1], r[2]) for r in rows]
     assert len(keys) == len(set(keys)) == 60 * (1 + 4 * 3)
 
 
-def test_same_seed_same_rows_and_batch_size_does_not_matter(tmp_path: Path, linear_mnist: Linear) -> None:
-    s1, r1 = _eval(tmp_path, "a", linear_mnist)
-    s2, r2 = _eval(tmp_path, "b", linear_mnist)
-    s3, r3 = _eval(tmp_path, "c", linear_mnist, batch_size=7)
+def test_same_seed_same_rows_and_batch_size_does_not_matter(tmp_path: Path, linear: Linear,
+                                                             reference: tuple[Store, int]) -> None:
+    s1, r1 = reference
+    s2, r2 = _eval(tmp_path, "b", linear)
+    s3, r3 = _eval(tmp_path, "c", linear, batch_size=7)
     assert _rows(s1, r1) == _rows(s2, r2) == _rows(s3, r3)
 
 
-def test_broken_samples_are_never_attacked_again(tmp_path: Path, linear_mnist: Linear) -> None:
+def test_broken_samples_are_never_attacked_again(tmp_path: Path, linear: Linear) -> None:
     calls: list[tuple[str, float, set[int]]] = []
 
     def spy(kind: str, params: dict, seed: int):
@@ -77,7 +91,7 @@ def test_broken_samples_are_never_attacked_again(tmp_path: Path, linear_mnist: L
         attack.run = run  # type: ignore[method-assign]
         return attack
 
-    store, run_id = _eval(tmp_path, "a", linear_mnist, attack_factory=spy)
+    store, run_id = _eval(tmp_path, "a", linear, attack_factory=spy)
     rows = store.results(run_id)
     wrong = {r.sample for r in rows if r.attack == "clean" and not r.robust_after}
     broken_before: set[int] = set(wrong)
@@ -96,8 +110,9 @@ def test_broken_samples_are_never_attacked_again(tmp_path: Path, linear_mnist: L
     assert len(broken_before) > len(wrong)
 
 
-def test_resume_after_a_simulated_kill_gives_the_same_rows(tmp_path: Path, linear_mnist: Linear) -> None:
-    reference, ref_id = _eval(tmp_path, "ref", linear_mnist)
+def test_resume_after_a_simulated_kill_gives_the_same_rows(tmp_path: Path, linear: Linear,
+                                                           reference: tuple[Store, int]) -> None:
+    ref_store, ref_id = reference
     store = Store(tmp_path / "killed.db")
     n_calls = {"n": 0}
 
@@ -111,38 +126,38 @@ def test_resume_after_a_simulated_kill_gives_the_same_rows(tmp_path: Path, linea
         return make_attack(kind, params, seed)
 
     with pytest.raises(Killed):
-        evaluate(store, _target(linear_mnist), small_protocol(), attack_factory=dies_on_seventh_call)
+        evaluate(store, _target(linear), small_protocol(), attack_factory=dies_on_seventh_call)
     partial = len(store.results(store.runs()[0].id))
-    assert 0 < partial < len(reference.results(ref_id))
-    run_id = evaluate(store, _target(linear_mnist), small_protocol())
-    assert _rows(store, run_id) == _rows(reference, ref_id)
-    evaluate(store, _target(linear_mnist), small_protocol())  # running again adds nothing
-    assert _rows(store, run_id) == _rows(reference, ref_id)
+    assert 0 < partial < len(ref_store.results(ref_id))
+    run_id = evaluate(store, _target(linear), small_protocol())
+    assert _rows(store, run_id) == _rows(ref_store, ref_id)
+    evaluate(store, _target(linear), small_protocol())  # running again adds nothing
+    assert _rows(store, run_id) == _rows(ref_store, ref_id)
     assert len(store.runs()) == 1
 
 
-def test_slices_merge_into_one_run(tmp_path: Path, linear_mnist: Linear) -> None:
-    reference, ref_id = _eval(tmp_path, "ref", linear_mnist)
+def test_slices_merge_into_one_run(tmp_path: Path, linear: Linear, reference: tuple[Store, int]) -> None:
+    ref_store, ref_id = reference
     store = Store(tmp_path / "slices.db")
-    evaluate(store, _target(linear_mnist), small_protocol(), start=20, stop=60)
-    run_id = evaluate(store, _target(linear_mnist), small_protocol(), start=0, stop=20)
+    evaluate(store, _target(linear), small_protocol(), start=20, stop=60)
+    run_id = evaluate(store, _target(linear), small_protocol(), start=0, stop=20)
     assert len(store.runs()) == 1
-    assert _rows(store, run_id) == _rows(reference, ref_id)
+    assert _rows(store, run_id) == _rows(ref_store, ref_id)
     with pytest.raises(BenchError, match="align"):
-        evaluate(store, _target(linear_mnist), small_protocol(), start=5, stop=20)
+        evaluate(store, _target(linear), small_protocol(), start=5, stop=20)
 
 
-def test_engine_rejects_inputs_outside_the_ball(tmp_path: Path, linear_mnist: Linear) -> None:
+def test_engine_rejects_inputs_outside_the_ball(tmp_path: Path, linear: Linear) -> None:
     store = Store(tmp_path / "bad.db")
     with pytest.raises(AttackContractError, match="distance"):
-        evaluate(store, _target(linear_mnist), small_protocol(eps=(0.05, 0.1), primary=0.1),
+        evaluate(store, _target(linear), small_protocol(eps=(0.05, 0.1), primary=0.1),
                  attack_factory=lambda k, p, s: EscapingAttack())
     # the clean stage is stored, the faulty stage is not
     attacks = {r.attack for r in store.results(store.runs()[0].id)}
     assert attacks == {"clean"}
 
 
-def test_engine_verifies_success_itself(tmp_path: Path, linear_mnist: Linear) -> None:
+def test_engine_verifies_success_itself(tmp_path: Path, linear: Linear) -> None:
     """An attack that claims success for unchanged inputs breaks nothing."""
     from attacks.base import AttackOutput
 
@@ -152,12 +167,12 @@ def test_engine_verifies_success_itself(tmp_path: Path, linear_mnist: Linear) ->
                                 success=torch.ones(len(epsilons), x.shape[0], dtype=torch.bool))
 
     store = Store(tmp_path / "liar.db")
-    run_id = evaluate(store, _target(linear_mnist), small_protocol(), attack_factory=lambda k, p, s: Liar())
+    run_id = evaluate(store, _target(linear), small_protocol(), attack_factory=lambda k, p, s: Liar())
     assert not any(r.success for r in store.results(run_id) if r.attack != "clean")
 
 
-def test_rows_carry_the_fingerprint(tmp_path: Path, linear_mnist: Linear) -> None:
-    store, run_id = _eval(tmp_path, "a", linear_mnist)
+def test_rows_carry_the_fingerprint(reference: tuple[Store, int]) -> None:
+    store, run_id = reference
     with store.session() as s:
         fps = {fp for (fp,) in s.query(Result.fingerprint).filter(Result.run_id == run_id).distinct()}
     assert fps == {small_protocol().fingerprint}
