@@ -14,6 +14,7 @@ the eps sweep, the steps sweep, the restarts probe.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 
@@ -105,7 +106,8 @@ def unbounded_probe(inp: CheckInputs) -> list[CheckResult]:
 
 def check_sweeps(eps_list: list[float], fgsm: dict[float, Outcome], pgd: dict[float, Outcome]) -> list[CheckResult]:
     """Items 2 (epsilon) and 3 from independent FGSM and PGD runs at every eps on the same samples."""
-    rises, single = [], []
+    rises: list[dict[str, Any]] = []
+    single: list[dict[str, Any]] = []
     for name, runs in (("pgd", pgd), ("fgsm", fgsm)):
         for a, b in zip(eps_list, eps_list[1:], strict=False):
             ba, bb = runs[a].broken_ids(), runs[b].broken_ids()
@@ -161,7 +163,7 @@ def eps_sweep(inp: CheckInputs) -> list[CheckResult]:
 
 def check_steps(steps: list[int], runs: dict[int, Outcome], loss_curve: list[float]) -> list[CheckResult]:
     """Items 2 (steps) and 8 (loss still moving) from independent PGD runs with growing step counts."""
-    pairs = []
+    pairs: list[dict[str, Any]] = []
     for a, b in zip(steps, steps[1:], strict=False):
         ba, bb = runs[a].broken_ids(), runs[b].broken_ids()
         up, down = ba - bb, bb - ba
