@@ -16,6 +16,11 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from attacks.signed_gradient import project_linf
+
+__all__ = ["Attack", "AttackOutput", "PassCounter", "attack_loss", "derive_seed", "find_detector", "margin_loss",
+           "per_sample_uniform", "prepare_model", "project_linf", "run_in_batches"]
+
 
 @dataclass
 class AttackOutput:
@@ -115,11 +120,6 @@ def attack_loss(name: str, logits: torch.Tensor, y: torch.Tensor) -> torch.Tenso
     if name == "cw":
         return margin_loss(logits, y)
     raise ValueError(f"unknown attack loss {name!r}; use 'ce' or 'cw'")
-
-
-def project_linf(x_adv: torch.Tensor, x: torch.Tensor, eps: float) -> torch.Tensor:
-    """Project onto the L-inf ball of radius eps around x intersected with the [0, 1] box."""
-    return torch.minimum(torch.maximum(x_adv, x - eps), x + eps).clamp_(0.0, 1.0)
 
 
 def find_detector(model: nn.Module) -> nn.Module | None:
