@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from attacks.registry import attack_labels
 from bench import code_version
 from bench.probes import ModelFacts, Outcome, PGDJob, PGDSetting, Prober, model_facts
 from bench.storage import Check, Result, Store, now
@@ -59,8 +60,10 @@ def suite_for(protocol: dict) -> tuple[dict, str]:
     return suite, f"{SUITE['name']}-{size}:{digest}"
 
 
-WHITE_BOX_KINDS = {"fgsm", "pgd", "bim", "ilcm", "autoattack", "pgd-ls-sweep", "bpda", "eot", "detector-aware-pgd"}
-BLACK_BOX_KINDS = {"transfer", "random-search", "spsa", "hopskipjump", "square"}
+# From the attack classes' declared kinds (attacks.registry): the eps-ball attacks that use the model's
+# gradients (adaptive wrappers included), and those that do not (transfer and gradient-free attacks).
+WHITE_BOX_KINDS = attack_labels("white-box", "adaptive", family="fixed-budget")
+BLACK_BOX_KINDS = attack_labels("black-box", "transfer")
 BLACK_BOX_SUBATTACKS = {"square"}  # AutoAttack's sub-attacks without gradients
 
 
@@ -462,6 +465,7 @@ def run_checks(store: Store, run_id: int, model: torch.nn.Module, *, data_dir: s
     """Run the suite on a stored run with its model and store the results (replacing earlier ones)."""
     from attacks import make_attack
     from attacks.base import prepare_model
+    from attacks.context import AttackContext
     from bench.data import load_split
     from bench.errors import BenchError
     from bench.verify import DetectorRule, has_detector
@@ -485,17 +489,12 @@ def run_checks(store: Store, run_id: int, model: torch.nn.Module, *, data_dir: s
         if run.detector_json is None:
             raise BenchError(f"run {run_id} has no detector calibration stored")
         detector = DetectorRule(model, float(json.loads(run.detector_json)["threshold"]))
-
-    def make(kind: str, params: dict, seed: int):
-        attack = make_attack(kind, params, seed)
-        if hasattr(attack, "bind_detector_threshold") and detector is not None:
-            attack.bind_detector_threshold(detector.threshold)
-        return attack
+    context = AttackContext(detector_threshold=None if detector is None else detector.threshold)
 
     bs = batch_size or int(proto.get("chunk_size", 100))
     with torch.no_grad():
         n_classes = int(model(x[:1]).shape[1])
-    prober = Prober(model, bs, detector, make)
+    prober = Prober(model, bs, detector, make_attack, context)
     results = run_suite(CheckInputs(proto, rows, summary, x, y, prober, detector is not None, n_classes), progress)
     store_results(store, run_id, results, suite_for(proto)[1])
     return results

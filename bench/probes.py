@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from attacks.base import Attack, attack_loss, per_sample_uniform
+from attacks.context import AttackContext
 from attacks.signed_gradient import Scored, StepSize, signed_gradient_ascent
 from bench.verify import DetectorRule, adversarial_verdict, check_bounds
 
@@ -75,11 +76,15 @@ class PGDJob:
 
 
 class Prober:
-    """Runs verified probes on one model: ``x``/``y`` on the model's device, ``ids`` the sample ids."""
+    """Runs verified probes on one model: ``x``/``y`` on the model's device, ``ids`` the sample ids.
+
+    ``context`` is what registry attacks receive on each call (e.g. the run's detector threshold).
+    """
 
     def __init__(self, model: nn.Module, bs: int, detector: DetectorRule | None,
-                 make: Callable[[str, dict, int], Attack]) -> None:
+                 make: Callable[[str, dict, int], Attack], context: AttackContext | None = None) -> None:
         self.model, self.bs, self.detector, self.make = model, bs, detector, make
+        self.context = context if context is not None else AttackContext()
 
     def verify(self, x_adv: torch.Tensor, x: torch.Tensor, y: torch.Tensor, eps: float, label: str,
                ids: torch.Tensor) -> Outcome:
@@ -92,7 +97,8 @@ class Prober:
         """One attack from the attack registry at one eps, verified."""
         if x.shape[0] == 0:
             return Outcome([], [])
-        out = self.make(kind, dict(params), seed).run(self.model, x, y, [eps], sample_ids=ids, batch_size=self.bs)
+        out = self.make(kind, dict(params), seed).run(self.model, x, y, [eps], sample_ids=ids, batch_size=self.bs,
+                                                      context=self.context)
         return self.verify(out.x_adv[0].detach().to(x.device), x, y, eps, label, ids)
 
     def pgd(self, jobs: list[PGDJob], label: str) -> list[Trace]:

@@ -1,6 +1,10 @@
-"""The one PGD core (attacks.signed_gradient): its step-size rule and its hooks on known answers."""
+"""The one PGD core (attacks.signed_gradient): its step-size rule, its hooks on known answers, and that no
+other signed-gradient ascent loop exists in attacks/, defenses/ or bench/."""
 
 from __future__ import annotations
+
+import ast
+from pathlib import Path
 
 import pytest
 import torch
@@ -12,6 +16,9 @@ from attacks.pgd import PGD
 from attacks.signed_gradient import Scored, StepSize, signed_gradient_ascent
 from bench.probes import PGDSetting
 from tests.conftest import Linear, optimal_margin
+
+ROOT = Path(__file__).resolve().parents[1]
+CORE = ROOT / "attacks" / "signed_gradient.py"
 
 
 def _binary(n: int = 40, seed: int = 0) -> tuple[Linear, torch.Tensor, torch.Tensor]:
@@ -131,3 +138,50 @@ def test_finite_grad_ignores_infinite_gradient_entries() -> None:
     kept = signed_gradient_ascent(model, x, x, 0.1, 0.05, 2, objective, final=False, finite_grad=True)
     assert torch.equal(kept.flatten(1)[:, 0], x.flatten(1)[:, 0])  # ... unless finite_grad zeroes it
     assert torch.equal(kept.flatten(1)[:, 1:], raw.flatten(1)[:, 1:])
+
+
+# ---------------------------------------------------------------- one loop only
+
+SIGN = ("sign", "sign_", "sgn")
+LOOPS = (ast.For, ast.While, ast.AsyncFor)
+ASSIGNS = (ast.Assign, ast.AugAssign, ast.AnnAssign)
+
+
+def _takes_sign(node: ast.AST) -> bool:
+    return any(isinstance(n, ast.Call) and ((isinstance(n.func, ast.Attribute) and n.func.attr in SIGN)
+                                            or (isinstance(n.func, ast.Name) and n.func.id in SIGN))
+               for n in ast.walk(node))
+
+
+def _sign_loops(tree: ast.AST) -> list[int]:
+    """Line numbers of the outermost loops that store a value built from a sign (x.sign(), torch.sign(x), ...):
+    the mark of a signed-gradient step whose result is iterated. A loop that only uses a sign in passing
+    (one refinement step per sample, as pnml's reference implementation) stores none."""
+    found: list[int] = []
+
+    def visit(node: ast.AST) -> None:
+        if isinstance(node, LOOPS) and any(isinstance(n, ASSIGNS) and n.value is not None and _takes_sign(n.value)
+                                           for n in ast.walk(node)):
+            found.append(node.lineno)
+            return
+        for child in ast.iter_child_nodes(node):
+            visit(child)
+
+    visit(tree)
+    return found
+
+
+def test_the_only_signed_gradient_loop_is_the_cores() -> None:
+    found = {}
+    for folder in ("attacks", "defenses", "bench"):
+        for path in sorted((ROOT / folder).rglob("*.py")):
+            lines = _sign_loops(ast.parse(path.read_text(), str(path)))
+            if lines:
+                found[str(path.relative_to(ROOT))] = lines
+    assert list(found) == ["attacks/signed_gradient.py"], found
+    assert len(found["attacks/signed_gradient.py"]) == 1
+    # the detector is not vacuous: it sees a loop that steps by a sign, wherever it is nested
+    assert _sign_loops(ast.parse("def f(x, g):\n    for _ in range(3):\n        if True:\n"
+                                 "            x = x + 0.1 * torch.sign(g)\n")) == [2]
+    assert _sign_loops(ast.parse("while True:\n    x[i] -= a * g.sign()\n")) == [1]
+    assert CORE.exists()
