@@ -8,7 +8,7 @@ in the [0, 1] box),
 
 with Adam (``lr``) for ``max_iter`` iterations per value of c, and a per-sample binary search over c
 (``search_steps`` rounds, starting at ``initial_const``; upper bound found: bisect, none yet: c *= 10).
-The RCE paper (Pang et al. 2018, /work/shared/papers/003_*) writes f with the sign of the margin
+The RCE paper (Pang et al. 2018, ../shared/papers/003_a03d9cf4d1799148.txt) writes f with the sign of the margin
 flipped (a typo); the form above is C&W's. A sample counts as adversarial when its margin
 max_{j != y} Z_j - Z_y > kappa (C&W's own test, strict); the best (smallest-L2) adversarial iterate
 over all iterations and search rounds is kept. Defaults are C&W's reference implementation:

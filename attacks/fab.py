@@ -21,7 +21,8 @@ nothing; 0 with the clean input for samples already misclassified). ``run`` is t
 (:func:`attacks.min_norm.linf_views`): per eps, the min-norm input where its L-inf distance <= eps,
 else ``x``. Restart 0 batches the samples still unbroken across the caller's batches, so FAB
 implements the family's whole-set hook ``min_norm_all``. The class declares its default norm,
-L-inf; ``norm='L2'`` makes an instance measure (and report) L2 distances.
+L-inf; ``norm='L2'`` makes an instance measure (and report) L2 distances. pyautoattack's diagnostics
+are captured into ``library_messages`` (see :mod:`attacks.library`).
 
 Example: ``FABMinNorm(n_iter=100).run_min_norm(model, x, y).distance``.
 """
@@ -30,11 +31,13 @@ from __future__ import annotations
 
 import logging
 import math
+from collections import Counter
 
 import torch
 from torch import nn
 
 from attacks.base import AttackContext, derive_seed
+from attacks.library import quiet_library
 from attacks.min_norm import MinimumNormAttack, MinNormOutput
 
 NORMS = ("Linf", "L2")
@@ -61,6 +64,7 @@ class FABMinNorm(MinimumNormAttack):
             raise ValueError("n_restarts and n_iter must be >= 1")
         self.n_restarts, self.n_iter = int(n_restarts), int(n_iter)
         self.distance_norm = norm  # pyautoattack's spelling, also MinNormOutput.norm: 'Linf' | 'L2'
+        self.library_messages: Counter[str] = Counter()
 
     def min_norm_all(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, ids: torch.Tensor, bs: int,
                      context: AttackContext) -> MinNormOutput:
@@ -106,7 +110,8 @@ class FABMinNorm(MinimumNormAttack):
         if restart > 0:
             known = best_d[rows]
             fab.eps = float(known.min()) if bool(torch.isfinite(known).all()) else diameter
-        adv = fab.attack_single_run(xs.clone(), ys.clone(), use_rand_start=restart > 0, is_targeted=False)
+        with quiet_library(self.library_messages):
+            adv = fab.attack_single_run(xs.clone(), ys.clone(), use_rand_start=restart > 0, is_targeted=False)
         adv = adv.detach().to(x.dtype).clamp(0.0, 1.0)
         with torch.no_grad():
             fooled = model(adv).argmax(1) != ys

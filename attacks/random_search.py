@@ -1,6 +1,6 @@
 """Random search in the L-inf ball: a gradient-free sanity check that exposes gradient masking.
 
-Norm: L-inf. Following the uncertainty paper (/work/shared/papers/000_*, appendix C.1: "random search
+Norm: L-inf. Following the uncertainty paper (../shared/papers/000_2dab57ef017d8076.txt, appendix C.1: "random search
 attacks for 10,000 times on each image"), each sample gets ``n_draws`` random points of the ball of
 radius eps intersected with the [0, 1] box. A fraction ``corner_fraction`` of them are corners of
 that set (per pixel the lowest or the highest allowed value, i.e. ``x + eps * sign(u)`` clipped, with

@@ -18,10 +18,13 @@ Example: ``SquareAttack(n_queries=5000).run(model, x, y, [8 / 255])``.
 
 from __future__ import annotations
 
+from collections import Counter
+
 import torch
 from torch import nn
 
 from attacks.base import Attack, AttackContext, BatchResult, derive_seed
+from attacks.library import quiet_library
 
 
 class SquareAttack(Attack):
@@ -35,6 +38,7 @@ class SquareAttack(Attack):
         if n_queries < 1 or n_restarts < 1 or not 0 < p_init <= 1:
             raise ValueError("n_queries and n_restarts must be >= 1 and p_init in (0, 1]")
         self.n_queries, self.p_init, self.n_restarts = int(n_queries), float(p_init), int(n_restarts)
+        self.library_messages: Counter[str] = Counter()  # pyautoattack's prints and warnings, captured
 
     def attack_epsilons(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, epsilons: list[float],
                         ids: torch.Tensor, bs: int, context: AttackContext) -> list[BatchResult]:
@@ -59,4 +63,5 @@ class SquareAttack(Attack):
 
         attack = _Square(model, norm="Linf", n_queries=self.n_queries, eps=eps, p_init=self.p_init,
                          n_restarts=self.n_restarts, seed=seed, verbose=False, loss="margin", device=x.device)
-        return attack.perturb(x, y).detach()
+        with quiet_library(self.library_messages):
+            return attack.perturb(x, y).detach()

@@ -1,7 +1,12 @@
 """The attack template: one ``run`` for every attack, class-level declarations the registries and checks read,
-and the explicit AttackContext."""
+the explicit AttackContext, and pyautoattack's output captured instead of printed."""
 
 from __future__ import annotations
+
+import logging
+import threading
+import warnings
+from collections import Counter
 
 import pytest
 import torch
@@ -9,10 +14,11 @@ from torch import nn
 
 from attacks import adaptive, transfer
 from attacks.base import FAMILIES, KINDS, NORMS, Attack, AttackContext, BatchResult
+from attacks.library import quiet_library
 from attacks.min_norm import MinimumNormAttack
 from attacks.registry import ATTACK_CLASSES, ATTACK_KINDS, attack_labels, make_attack, wrappable_by
 from bench import checks
-from tests.conftest import Linear
+from tests.conftest import Linear, Quantised
 
 # The protocol's meaning of its kind strings, as the black-box-wins check has always read them.
 LEGACY_BLACK_BOX = {"transfer", "random-search", "spsa", "hopskipjump", "square"}
@@ -130,3 +136,38 @@ def test_the_engine_passes_an_explicit_context(tmp_path, linear_mnist: Linear) -
              small_protocol(n=20, chunk=20, eps=(0.0, 0.1), steps=2), attack_factory=factory,
              surrogates=provider)  # type: ignore[arg-type]
     assert seen and all(c is not None and c.surrogates is provider and c.detector_threshold is None for c in seen)
+
+
+# ---------------------------------------------------------------- pyautoattack stays quiet
+
+def test_quiet_library_counts_log_records_warnings_and_prints_of_this_thread(capfd) -> None:
+    messages: Counter[str] = Counter()
+    other: list[str] = []
+    with quiet_library(messages):
+        logging.getLogger("auto-attack").warning("there are 3 points with zero gradient!")
+        logging.getLogger("auto-attack").warning("there are 3 points with zero gradient!")
+        warnings.warn("a library warning", stacklevel=1)
+        print("a library print")
+        thread = threading.Thread(target=lambda: print("another thread's print"))
+        thread.start()
+        thread.join()
+        other.append("done")
+    out, err = capfd.readouterr()
+    assert messages == Counter({"there are 3 points with zero gradient!": 2, "a library warning": 1,
+                                "a library print": 1})
+    assert "another thread's print" in out and "a library" not in out + err and "zero gradient" not in err
+    assert not logging.getLogger("auto-attack").handlers and logging.getLogger("auto-attack").propagate
+
+
+def test_autoattack_keeps_pyautoattacks_messages_off_the_terminal(capfd) -> None:
+    g = torch.Generator().manual_seed(0)
+    model = Quantised(Linear(torch.randn(10, 64, generator=g), torch.zeros(10))).eval()  # zero input gradients
+    x = torch.randint(0, 9, (10, 1, 8, 8), generator=g).float() / 8
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    attack = make_attack("autoattack", {"n_target_classes": 2, "square_queries": 10}, 3)
+    out = attack.run(model, x, y, [0.1])
+    captured = capfd.readouterr()
+    assert captured.out == "" and captured.err == ""
+    assert any("zero gradient" in m for m in attack.library_messages)  # kept, not printed
+    assert out.detail is not None and len(out.detail[0]) == 10
