@@ -2,9 +2,9 @@
 
 Each step moves every attacked row by ``alpha * sign(grad objective)`` and projects it back onto the
 L-inf ball of radius ``eps`` around its clean input intersected with the [0, 1] box (Madry et al.,
-2018; the BIM / ILCM of Kurakin et al., 2016 as used in the RCE paper, ../shared/papers/
-003_a03d9cf4d1799148.txt, Sec. 2.3). Callers differ only in what they maximise, when a row stops and
-which iterate they keep, so the core takes exactly those as arguments:
+2018; the BIM / ILCM of Kurakin et al., 2016 as used in the RCE paper,
+../shared/papers/003_a03d9cf4d1799148.txt, Sec. 2.3). Callers differ only in what they maximise,
+when a row stops and which iterate they keep, so the core takes exactly those as arguments:
 
 * ``objective(x, logits, rows) -> Scored``: the per-row objective (differentiable) and the success
   rule (rows whose ``success`` is True stop being attacked: early stop); ``rows`` index the caller's
@@ -15,7 +15,7 @@ which iterate they keep, so the core takes exactly those as arguments:
   (the checks' probe stops every restart of a sample once one of them succeeds, and gives each row
   its own step budget).
 * ``moves(rows, x, grad)``: which rows take the step (the others stay where they are but are still
-  evaluated); the loop ends when none moves (Dynamic AT's FOSC criterion).
+  evaluated); the loop ends when none moves (Dynamic AT's FOSC criterion; for unchunked calls).
 
 Per-row ``eps`` / ``alpha`` may be tensors shaped (N, 1, ..., 1) (the probe batches several jobs);
 ``chunk`` bounds the rows per forward pass. ``final=False`` (training attacks) takes ``steps`` steps
@@ -27,10 +27,13 @@ objectives only. The arithmetic of a step is fixed here (``x + alpha * sign(g)``
 Step size: :class:`StepSize` is the single rule turning ``step_size`` (absolute) or
 ``rel_step_size`` (fraction of eps) or an attack's declared default into the step ``alpha``.
 
-Example (plain PGD on the CE loss, first success kept)::
+Example (PGD on the CE loss; a row stops once misclassified, and the result holds each row's last
+iterate: a caller that wants the first success or the best loss keeps it in ``record``)::
 
-    core = signed_gradient_ascent(model, x, start, eps, StepSize.resolve(None, 0.1).alpha(eps), 40,
-                                  lambda xi, logits, rows: Scored(ce(logits, y[rows]), logits.argmax(1) != y[rows]))
+    def ce(xi, logits, rows):
+        return Scored(F.cross_entropy(logits, y[rows], reduction="none"), logits.argmax(1) != y[rows])
+
+    last = signed_gradient_ascent(model, x, start, eps, StepSize.resolve(None, 0.1).alpha(eps), 40, ce)
 """
 
 from __future__ import annotations
