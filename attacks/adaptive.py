@@ -1,8 +1,11 @@
 """Adaptive attacks of Athalye et al. (2018): BPDA for non-differentiable parts, EOT for randomness.
 
 Norm: whatever the inner attack uses (here L-inf). Both wrap an inner gradient attack given as a
-spec (``inner_kind`` in INNER_KINDS, ``inner_params`` its keyword arguments; the inner attack gets
-this attack's seed) and return its ``AttackOutput`` unchanged, ``detail`` included.
+spec (``inner_kind`` one of :func:`inner_kinds`, the attacks declaring "adaptive" in their
+``wrappable_by``, or a nested "bpda" / "eot"; ``inner_params`` its keyword arguments; the inner
+attack gets this attack's seed and the call's context) and return its results unchanged, ``detail``
+included. Both need the whole eps list or the whole sample set of a call (BPDA patches the model
+once around the inner attack's own run) or seed per batch (EOT), see each class.
 
 * ``BPDA`` ("bpda"): every submodule with an attribute ``bpda_approx`` (a callable g, or the string
   "identity") is, for the duration of the attack, given the straight-through forward
@@ -30,25 +33,25 @@ Example: ``BPDA(inner_params={"steps": 40, "rel_step_size": 0.1}).run(model, x, 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
 from torch import nn
 
-from attacks.base import Attack, AttackOutput, derive_seed
-from attacks.fgsm import FGSM
-from attacks.iterative import BIM, ILCM, LabelSmoothedPGD
-from attacks.pgd import PGD
+from attacks.base import Attack, AttackContext, AttackOutput, BatchResult, declared_wrappable_by, derive_seed
 
-INNER_KINDS: dict[str, type[Attack]] = {"pgd": PGD, "fgsm": FGSM, "bim": BIM, "ilcm": ILCM,
-                                        "pgd-ls-sweep": LabelSmoothedPGD}
 DEFAULT_PGD = {"loss": "ce", "steps": 40, "rel_step_size": 0.1}  # used for "pgd" when no step is given
+
+
+def inner_kinds() -> dict[str, type[Attack]]:
+    """The attacks BPDA and EOT may wrap: those declaring "adaptive" in ``wrappable_by``."""
+    return declared_wrappable_by("adaptive")
 
 
 def make_inner(kind: str, params: dict[str, Any] | None, seed: int) -> Attack:
     """Build the inner attack (adaptive attacks may also nest: "bpda" and "eot" are accepted)."""
-    kinds: dict[str, type[Attack]] = {**INNER_KINDS, "bpda": BPDA, "eot": EOT}
+    kinds: dict[str, type[Attack]] = {**inner_kinds(), "bpda": BPDA, "eot": EOT}
     if kind not in kinds:
         raise ValueError(f"unknown inner attack kind {kind!r}; known: {', '.join(kinds)}")
     params = dict(params or {})
@@ -102,6 +105,9 @@ class BPDA(Attack):
     """Backward-pass differentiable approximation around an inner gradient attack."""
 
     name = "bpda"
+    family = "fixed-budget"
+    norm = "linf"
+    kind = "adaptive"
 
     def __init__(self, *, seed: int = 0, inner_kind: str = "pgd", inner_params: dict[str, Any] | None = None,
                  allow_plain: bool = False) -> None:
@@ -110,12 +116,21 @@ class BPDA(Attack):
         self.allow_plain = bool(allow_plain)
         self.inner = make_inner(inner_kind, self.inner_params, self.seed)
 
-    def run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, epsilons: Sequence[float],
-            sample_ids: torch.Tensor | None = None, batch_size: int | None = None) -> AttackOutput:
+    def validate(self, model: nn.Module, context: AttackContext) -> None:
         if not bpda_modules(model) and not self.allow_plain:
             raise ValueError("bpda: model declares no non-differentiable module (bpda_approx)")
+
+    def attack_epsilons(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, epsilons: list[float],
+                        ids: torch.Tensor, bs: int, context: AttackContext) -> list[BatchResult]:
+        """The inner attack's own run on the patched model (patched once for the whole call)."""
         with bpda_patched(model):
-            return self.inner.run(model, x, y, epsilons, sample_ids=sample_ids, batch_size=batch_size)
+            return per_eps(self.inner.run(model, x, y, epsilons, sample_ids=ids, batch_size=bs, context=context))
+
+
+def per_eps(out: AttackOutput) -> list[BatchResult]:
+    """An attack output split back into its per-eps results (for wrappers of a whole inner run)."""
+    return [BatchResult(out.x_adv[k], out.success[k], None if out.detail is None else out.detail[k])
+            for k in range(out.x_adv.shape[0])]
 
 
 class EOTModel(nn.Module):
@@ -134,6 +149,10 @@ class EOT(Attack):
     """Expectation over transformation: the inner attack sees the mean prediction of the random model."""
 
     name = "eot"
+    family = "fixed-budget"
+    norm = "linf"
+    kind = "adaptive"
+    reports_detail = True
 
     def __init__(self, *, seed: int = 0, samples: int = 20, inner_kind: str = "pgd",
                  inner_params: dict[str, Any] | None = None) -> None:
@@ -144,28 +163,16 @@ class EOT(Attack):
         self.inner_kind, self.inner_params = inner_kind, dict(inner_params or {})
         self.inner = make_inner(inner_kind, self.inner_params, self.seed)
 
-    def run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, epsilons: Sequence[float],
-            sample_ids: torch.Tensor | None = None, batch_size: int | None = None) -> AttackOutput:
-        ids = self._ids(x, sample_ids)
-        n = x.shape[0]
-        bs = batch_size or max(n, 1)
-        wrapped = EOTModel(model, self.samples)
+    def attack_batch(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, ids: torch.Tensor,
+                     context: AttackContext) -> BatchResult:
+        """The inner attack on this batch, inside torch's global RNG seeded by (seed, eps, first sample id)."""
         # seed (and restore) only generators already in use: seeding an uninitialised CUDA would be queued
         devices = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
-        advs, succs, details = [], [], []
-        for eps in epsilons:
-            parts = []
-            for s in range(0, n, bs):
-                seed = derive_seed(self.seed, self.name, float(eps), int(ids[s])) % 2**63
-                with torch.random.fork_rng(devices=devices):
-                    torch.random.default_generator.manual_seed(seed)
-                    for d in devices:
-                        torch.cuda.default_generators[d].manual_seed(seed)
-                    parts.append(self.inner.run(wrapped, x[s:s + bs], y[s:s + bs], [float(eps)],
-                                                sample_ids=ids[s:s + bs]))
-            advs.append(torch.cat([p.x_adv[0] for p in parts]) if parts else x.clone())
-            succs.append(torch.cat([p.success[0] for p in parts]) if parts
-                         else torch.zeros(0, dtype=torch.bool, device=x.device))
-            details.append([d for p in parts
-                            for d in (p.detail[0] if p.detail is not None else [None] * p.x_adv.shape[1])])
-        return AttackOutput(x_adv=torch.stack(advs), success=torch.stack(succs), detail=details)
+        seed = derive_seed(self.seed, self.name, eps, int(ids[0])) % 2**63
+        with torch.random.fork_rng(devices=devices):
+            torch.random.default_generator.manual_seed(seed)
+            for d in devices:
+                torch.cuda.default_generators[d].manual_seed(seed)
+            out = self.inner.run(EOTModel(model, self.samples), x, y, [eps], sample_ids=ids, context=context)
+        return BatchResult(out.x_adv[0], out.success[0],
+                           out.detail[0] if out.detail is not None else [None] * out.x_adv.shape[1])

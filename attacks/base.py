@@ -1,20 +1,49 @@
-"""Attack interface, pass counting and deterministic per-sample seeding.
+"""The attack template, pass counting and deterministic per-sample seeding.
 
 Contract (GUIDE section 2): images are float tensors in [0, 1]; the model maps them to logits.
 An attack call takes several epsilons and returns, per epsilon and per sample, the adversarial
 input and whether the attack believes it succeeded. The engine re-checks success on a fresh
 forward pass and checks the ball and the box, so an attack's own verdict is advisory only.
+
+Template: :meth:`Attack.run` is written once, here. It resolves the sample ids (for per-sample
+seeding), the batch size and the :class:`~attacks.context.AttackContext`, lets the attack check the
+model and context (:meth:`Attack.validate`), runs the epsilon x batch loop and shapes the output
+(K, N, ...) with the per-sample ``detail``. An attack implements one batch at one epsilon
+(:meth:`Attack.attack_batch`). An attack that needs the whole epsilon list or state across batches
+(a library attack seeded once per call, a sweep that re-batches the samples still unbroken, a
+transfer cache, a path shared by every epsilon) implements :meth:`Attack.attack_epsilons` instead,
+which receives every epsilon and every sample. No attack overrides ``run``.
+
+Declarations (class attributes, read by the registry and the checks): ``name`` (the protocol's
+``kind`` string, e.g. "pgd"), ``family`` ("fixed-budget": succeed within an eps ball, or
+"minimum-norm": the smallest perturbation found, see :mod:`attacks.min_norm`), ``norm`` ("linf",
+"l2" or "l0"), ``kind`` ("white-box", "black-box", "transfer" or "adaptive") and ``wrappable_by``
+(the wrapper kinds, "adaptive" and "transfer", that may run the attack inside them).
 """
 
 from __future__ import annotations
 
 import hashlib
-from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any, ClassVar, Literal, final
 
 import torch
 from torch import nn
+
+from attacks.context import AttackContext
+from attacks.signed_gradient import project_linf
+
+Family = Literal["fixed-budget", "minimum-norm"]
+Norm = Literal["linf", "l2", "l0"]
+Kind = Literal["white-box", "black-box", "transfer", "adaptive"]
+FAMILIES: tuple[Family, ...] = ("fixed-budget", "minimum-norm")
+NORMS: tuple[Norm, ...] = ("linf", "l2", "l0")
+KINDS: tuple[Kind, ...] = ("white-box", "black-box", "transfer", "adaptive")
+
+__all__ = ["FAMILIES", "KINDS", "NORMS", "Attack", "AttackContext", "AttackOutput", "BatchResult", "PassCounter",
+           "attack_loss", "derive_seed", "find_detector", "margin_loss", "per_sample_uniform", "prepare_model",
+           "project_linf", "stack_output"]
 
 
 @dataclass
@@ -117,11 +146,6 @@ def attack_loss(name: str, logits: torch.Tensor, y: torch.Tensor) -> torch.Tenso
     raise ValueError(f"unknown attack loss {name!r}; use 'ce' or 'cw'")
 
 
-def project_linf(x_adv: torch.Tensor, x: torch.Tensor, eps: float) -> torch.Tensor:
-    """Project onto the L-inf ball of radius eps around x intersected with the [0, 1] box."""
-    return torch.minimum(torch.maximum(x_adv, x - eps), x + eps).clamp_(0.0, 1.0)
-
-
 def find_detector(model: nn.Module) -> nn.Module | None:
     """The first of model, model.model, ... (PassCounter and other wrappers) with a callable ``detector_score``."""
     seen: set[int] = set()
@@ -134,40 +158,106 @@ def find_detector(model: nn.Module) -> nn.Module | None:
     return None
 
 
-def run_in_batches(x: torch.Tensor, y: torch.Tensor, epsilons: Sequence[float], ids: torch.Tensor, bs: int,
-                   attack_batch) -> AttackOutput:
-    """Stack ``attack_batch(x_b, y_b, eps, ids_b) -> (x_adv_b, success_b)`` over epsilons and batches of ``bs``."""
-    advs, succs = [], []
-    for eps in epsilons:
-        parts = [attack_batch(x[s:s + bs], y[s:s + bs], float(eps), ids[s:s + bs]) for s in range(0, x.shape[0], bs)]
-        advs.append(torch.cat([p[0] for p in parts]) if parts else x.clone())
-        succs.append(torch.cat([p[1] for p in parts]) if parts else torch.zeros(0, dtype=torch.bool, device=x.device))
-    return AttackOutput(x_adv=torch.stack(advs), success=torch.stack(succs))
+@dataclass
+class BatchResult:
+    """Result of one attack at ONE epsilon on n samples: ``x_adv`` (n, C, H, W), ``success`` (n,) bool,
+    ``detail`` (n entries, or None when the attack reports none)."""
+
+    x_adv: torch.Tensor
+    success: torch.Tensor
+    detail: list[str | None] | None = None
 
 
-class Attack(ABC):
-    """Base class: hyperparameters and a seed at construction, the model at each call."""
+def join_batches(x: torch.Tensor, parts: list[BatchResult], with_detail: bool) -> BatchResult:
+    """The batches of one epsilon, concatenated (``x`` itself and no success when there are none)."""
+    x_adv = torch.cat([p.x_adv for p in parts]) if parts else x.clone()
+    success = torch.cat([p.success for p in parts]) if parts else torch.zeros(0, dtype=torch.bool, device=x.device)
+    detail = ([d for p in parts for d in (p.detail if p.detail is not None else [None] * p.x_adv.shape[0])]
+              if with_detail else None)
+    return BatchResult(x_adv, success, detail)
 
-    name: str = "attack"
+
+def stack_output(x: torch.Tensor, per_eps: Sequence[BatchResult]) -> AttackOutput:
+    """The (K, N, ...) output of K per-epsilon results; ``detail`` is None unless some epsilon has one."""
+    if not per_eps:
+        return AttackOutput(x_adv=x.new_zeros((0, *x.shape)), success=torch.zeros(0, x.shape[0], dtype=torch.bool))
+    details = None
+    if any(r.detail is not None for r in per_eps):
+        details = [r.detail if r.detail is not None else [None] * r.x_adv.shape[0] for r in per_eps]
+    return AttackOutput(x_adv=torch.stack([r.x_adv for r in per_eps]).detach(),
+                        success=torch.stack([r.success for r in per_eps]), detail=details)
+
+
+_DECLARED: dict[str, type[Attack]] = {}  # every concrete attack class, by name, as its module defines it
+
+
+def declared_wrappable_by(wrapper: str) -> dict[str, type[Attack]]:
+    """The attack classes that declare ``wrapper`` ("adaptive" or "transfer") in ``wrappable_by``, by name.
+
+    Read from the classes themselves as they are defined, so that a wrapper (BPDA, EOT, Transfer) finds
+    what it may run without importing :mod:`attacks.registry`, which imports the wrappers (no import
+    cycle). Importing any ``attacks`` module first runs ``attacks/__init__``, which defines them all.
+    """
+    return {name: cls for name, cls in _DECLARED.items() if wrapper in cls.wrappable_by}
+
+
+class Attack:
+    """Base class: hyperparameters and a seed at construction, the model and the context at each call.
+
+    Subclasses declare ``name``, ``family``, ``norm`` and ``kind`` and implement ``attack_batch``
+    (or ``attack_epsilons``); ``reports_detail`` says whether their output carries per-sample detail.
+    """
+
+    name: ClassVar[str]
+    family: ClassVar[Family]
+    norm: ClassVar[Norm]
+    kind: ClassVar[Kind]
+    wrappable_by: ClassVar[frozenset[str]] = frozenset()
+    reports_detail: ClassVar[bool] = False
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "name" in cls.__dict__:  # a concrete attack (intermediate bases declare no name)
+            _DECLARED[cls.name] = cls
 
     def __init__(self, *, seed: int = 0) -> None:
         self.seed = int(seed)
 
-    @abstractmethod
-    def run(
-        self,
-        model: nn.Module,
-        x: torch.Tensor,
-        y: torch.Tensor,
-        epsilons: Sequence[float],
-        sample_ids: torch.Tensor | None = None,
-        batch_size: int | None = None,
-    ) -> AttackOutput:
-        """Attack ``x`` (N, C, H, W) with labels ``y`` at each epsilon.
+    @final
+    def run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, epsilons: Sequence[float],
+            sample_ids: torch.Tensor | None = None, batch_size: int | None = None,
+            context: AttackContext | None = None) -> AttackOutput:
+        """Attack ``x`` (N, C, H, W) with labels ``y`` at each epsilon; the template every attack shares.
 
         ``sample_ids`` are the protocol's sample indices (for per-sample seeding; defaults to
-        0..N-1); ``batch_size`` bounds memory and never changes the results.
+        0..N-1); ``batch_size`` bounds memory and never changes the results of a deterministic
+        attack; ``context`` carries optional capabilities (surrogates, a detector threshold).
         """
+        ids = self._ids(x, sample_ids)
+        bs = batch_size or max(x.shape[0], 1)
+        ctx = context if context is not None else AttackContext()
+        self.validate(model, ctx)
+        return stack_output(x, self.attack_epsilons(model, x, y, [float(e) for e in epsilons], ids, bs, ctx))
+
+    def validate(self, model: nn.Module, context: AttackContext) -> None:
+        """Hook: raise ValueError, before any work, when the model or the context lacks what the attack needs."""
+
+    def attack_epsilons(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, epsilons: list[float],
+                        ids: torch.Tensor, bs: int, context: AttackContext) -> list[BatchResult]:
+        """Every epsilon on every sample, one ``BatchResult`` per epsilon.
+
+        The default is the epsilon x batch loop over :meth:`attack_batch` (batches of ``bs``). Override
+        it only when the attack needs the whole epsilon list or state across batches (say why).
+        """
+        n = x.shape[0]
+        return [join_batches(x, [self.attack_batch(model, x[s:s + bs], y[s:s + bs], eps, ids[s:s + bs], context)
+                                 for s in range(0, n, bs)], self.reports_detail)
+                for eps in epsilons]
+
+    def attack_batch(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, ids: torch.Tensor,
+                     context: AttackContext) -> BatchResult:
+        """One batch at one epsilon (``ids``: the batch's sample ids, for per-sample seeding)."""
+        raise NotImplementedError(f"{type(self).__name__} implements neither attack_batch nor attack_epsilons")
 
     @staticmethod
     def _ids(x: torch.Tensor, sample_ids: torch.Tensor | None) -> torch.Tensor:

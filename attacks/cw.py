@@ -8,7 +8,7 @@ in the [0, 1] box),
 
 with Adam (``lr``) for ``max_iter`` iterations per value of c, and a per-sample binary search over c
 (``search_steps`` rounds, starting at ``initial_const``; upper bound found: bisect, none yet: c *= 10).
-The RCE paper (Pang et al. 2018, /work/shared/papers/003_*) writes f with the sign of the margin
+The RCE paper (Pang et al. 2018, ../shared/papers/003_a03d9cf4d1799148.txt) writes f with the sign of the margin
 flipped (a typo); the form above is C&W's. A sample counts as adversarial when its margin
 max_{j != y} Z_j - Z_y > kappa (C&W's own test, strict); the best (smallest-L2) adversarial iterate
 over all iterations and search rounds is kept. Defaults are C&W's reference implementation:
@@ -30,27 +30,30 @@ unwrapped model, so a PassCounter does not count those passes. Whenever the mode
 
 ``run_min_norm`` returns a ``MinNormOutput`` (distance = L2 norm of the best perturbation, inf where
 none found). ``run`` (L-inf contract of ``Attack``) returns, per eps, that result where its L-inf
-distance is <= eps, else ``x`` itself with success False.
+distance is <= eps, else ``x`` itself with success False (the family's template,
+:class:`attacks.min_norm.MinimumNormAttack`; this module implements one batch).
 
 Example: ``CarliniWagnerL2(max_iter=200).run_min_norm(model, x, y).distance``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
 import torch
 from torch import nn
 
-from attacks.base import Attack, AttackOutput, find_detector, margin_loss
-from attacks.min_norm import MinNormOutput, to_linf_output
+from attacks.base import AttackContext, find_detector, margin_loss
+from attacks.min_norm import MinimumNormAttack, MinNormBatch
 
 _BETA1, _BETA2, _ADAM_EPS = 0.9, 0.999, 1e-8
 _NO_UPPER = 1e10  # C&W's "no upper bound on c yet"
 
 
-class CarliniWagnerL2(Attack):
+class CarliniWagnerL2(MinimumNormAttack):
     name = "cw-l2"
+    norm = "l2"
+    kind = "white-box"
 
     def __init__(self, *, seed: int = 0, search_steps: int = 9, max_iter: int = 1000, initial_const: float = 1e-3,
                  lr: float = 1e-2, kappa: float = 0.0, abort_early: bool = True,
@@ -64,40 +67,36 @@ class CarliniWagnerL2(Attack):
         self.initial_const, self.lr, self.kappa = float(initial_const), float(lr), float(kappa)
         self.abort_early, self.detector_weight = bool(abort_early), float(detector_weight)
 
-    # -- public API ---------------------------------------------------------------------------------
-    def run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, epsilons: Sequence[float],
-            sample_ids: torch.Tensor | None = None, batch_size: int | None = None) -> AttackOutput:
-        """L-inf view: per eps the min-norm result where its L-inf distance <= eps, else x (failure)."""
-        out = self.run_min_norm(model, x, y, sample_ids=sample_ids, batch_size=batch_size)
-        return to_linf_output(out, x, epsilons)
-
-    def run_min_norm(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
-                     sample_ids: torch.Tensor | None = None, batch_size: int | None = None) -> MinNormOutput:
-        detector = find_detector(model)
-        if self.detector_weight > 0 and detector is None:
+    # -- template hooks -----------------------------------------------------------------------------
+    def validate(self, model: nn.Module, context: AttackContext) -> None:
+        if self.detector_weight > 0 and find_detector(model) is None:
             raise ValueError(
                 f"{self.name} with detector_weight > 0 (C&W-wb) needs a model exposing detector_score(x) and "
                 f"detector_eta; {type(model).__name__} (and the models it wraps via .model) has none")
-        score: Callable[[torch.Tensor], torch.Tensor] | None = None
-        eta = 0.0
-        if detector is not None:
-            score, eta = detector.detector_score, float(detector.detector_eta)  # type: ignore[arg-type]
-        n = x.shape[0]
-        bs = batch_size or max(n, 1)
-        parts = [self._attack_batch(model, x[s:s + bs].detach(), y[s:s + bs], score, eta) for s in range(0, n, bs)]
-        if not parts:
-            extra = None if score is None else {"detector_score": x.new_zeros(0), "detector_term": x.new_zeros(0)}
-            return MinNormOutput(x.clone(), torch.zeros(0, dtype=torch.bool, device=x.device), x.new_zeros(0),
-                                 "L2", extra)
-        x_adv = torch.cat([p[0] for p in parts])
-        success = torch.cat([p[1] for p in parts])
-        distance = torch.where(success, (x_adv - x).flatten(1).norm(dim=1), torch.full_like(success, float("inf"),
-                                                                                          dtype=x.dtype))
-        extra = None
-        if score is not None:
-            s_all = torch.cat([p[2] for p in parts])
-            extra = {"detector_score": s_all, "detector_term": (s_all - eta).clamp(min=0.0)}
-        return MinNormOutput(x_adv.detach(), success, distance.detach(), "L2", extra)
+
+    def min_norm_batch(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, ids: torch.Tensor,
+                       context: AttackContext) -> MinNormBatch:
+        score, eta = self._detector(model)
+        x_adv, success, s_final = self._attack_batch(model, x, y, score, eta)
+        extra = None if score is None else {"detector_score": s_final, "detector_term": (s_final - eta).clamp(min=0.0)}
+        return MinNormBatch(x_adv, success, extra)
+
+    def distance(self, x_adv: torch.Tensor, x: torch.Tensor, success: torch.Tensor) -> torch.Tensor:
+        return torch.where(success, (x_adv - x).flatten(1).norm(dim=1),
+                           torch.full_like(success, float("inf"), dtype=x.dtype))
+
+    def empty_extra(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor] | None:
+        if self._detector(model)[0] is None:
+            return None
+        return {"detector_score": x.new_zeros(0), "detector_term": x.new_zeros(0)}
+
+    @staticmethod
+    def _detector(model: nn.Module) -> tuple[Callable[[torch.Tensor], torch.Tensor] | None, float]:
+        """The model's detector score function and eta (the median training score), if it has a detector."""
+        detector = find_detector(model)
+        if detector is None:
+            return None, 0.0
+        return detector.detector_score, float(detector.detector_eta)  # type: ignore[return-value, arg-type]
 
     # -- one batch ----------------------------------------------------------------------------------
     def _objective(self, model: nn.Module, w: torch.Tensor, x: torch.Tensor, y: torch.Tensor, const: torch.Tensor,

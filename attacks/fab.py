@@ -18,7 +18,11 @@ smallest verified adversarial input over restarts is kept.
 
 Outputs: ``run_min_norm`` -> ``MinNormOutput`` (distance in ``norm``; ``inf`` where FAB found
 nothing; 0 with the clean input for samples already misclassified). ``run`` is the L-inf view
-(``to_linf_output``): per eps, the min-norm input where its L-inf distance <= eps, else ``x``.
+(:func:`attacks.min_norm.linf_views`): per eps, the min-norm input where its L-inf distance <= eps,
+else ``x``. Restart 0 batches the samples still unbroken across the caller's batches, so FAB
+implements the family's whole-set hook ``min_norm_all``. The class declares its default norm,
+L-inf; ``norm='L2'`` makes an instance measure (and report) L2 distances. pyautoattack's diagnostics
+are captured into ``library_messages`` (see :mod:`attacks.library`).
 
 Example: ``FABMinNorm(n_iter=100).run_min_norm(model, x, y).distance``.
 """
@@ -27,13 +31,14 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Sequence
+from collections import Counter
 
 import torch
 from torch import nn
 
-from attacks.base import Attack, AttackOutput, derive_seed
-from attacks.min_norm import MinNormOutput, to_linf_output
+from attacks.base import AttackContext, derive_seed
+from attacks.library import quiet_library
+from attacks.min_norm import MinimumNormAttack, MinNormOutput
 
 NORMS = ("Linf", "L2")
 
@@ -46,8 +51,10 @@ def distance(delta: torch.Tensor, norm: str) -> torch.Tensor:
     return flat.abs().amax(1) if norm == "Linf" else flat.norm(dim=1)
 
 
-class FABMinNorm(Attack):
+class FABMinNorm(MinimumNormAttack):
     name = "fab-min-norm"
+    norm = "linf"  # the default; an instance built with norm='L2' measures L2 (see ``distance_norm``)
+    kind = "white-box"
 
     def __init__(self, *, seed: int = 0, n_restarts: int = 1, n_iter: int = 100, norm: str = "Linf") -> None:
         super().__init__(seed=seed)
@@ -55,19 +62,15 @@ class FABMinNorm(Attack):
             raise ValueError(f"fab-min-norm: norm must be one of {NORMS}, got {norm!r}")
         if n_restarts < 1 or n_iter < 1:
             raise ValueError("n_restarts and n_iter must be >= 1")
-        self.n_restarts, self.n_iter, self.norm = int(n_restarts), int(n_iter), norm
+        self.n_restarts, self.n_iter = int(n_restarts), int(n_iter)
+        self.distance_norm = norm  # pyautoattack's spelling, also MinNormOutput.norm: 'Linf' | 'L2'
+        self.library_messages: Counter[str] = Counter()
 
-    def run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, epsilons: Sequence[float],
-            sample_ids: torch.Tensor | None = None, batch_size: int | None = None) -> AttackOutput:
-        """L-inf view: per eps the min-norm input where its L-inf distance <= eps, else x (failure)."""
-        out = self.run_min_norm(model, x, y, sample_ids=sample_ids, batch_size=batch_size)
-        return to_linf_output(out, x, epsilons)
-
-    def run_min_norm(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
-                     sample_ids: torch.Tensor | None = None, batch_size: int | None = None) -> MinNormOutput:
-        ids = self._ids(x, sample_ids)
+    def min_norm_all(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, ids: torch.Tensor, bs: int,
+                     context: AttackContext) -> MinNormOutput:
+        """Every sample: restart 0 in batches of ``bs`` over the samples not yet misclassified, later
+        restarts one sample at a time (state across batches, hence the whole-set hook)."""
         n = x.shape[0]
-        bs = batch_size or max(n, 1)
         x = x.detach()
         best_x = x.clone()
         best_d = torch.full((n,), float("inf"), device=x.device, dtype=x.dtype)
@@ -90,7 +93,7 @@ class FABMinNorm(Attack):
                         row = torch.tensor([i], device=x.device)
                         self._attack(model, x, y, row, restart, best_x, best_d, success)
         dist = torch.where(success, best_d, torch.full_like(best_d, float("inf")))
-        return MinNormOutput(best_x.detach(), success, dist.detach(), self.norm)
+        return MinNormOutput(best_x.detach(), success, dist.detach(), self.distance_norm)
 
     def _attack(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, rows: torch.Tensor, restart: int,
                 best_x: torch.Tensor, best_d: torch.Tensor, success: torch.Tensor) -> None:
@@ -101,17 +104,18 @@ class FABMinNorm(Attack):
             return
         logging.getLogger("auto-attack").setLevel(logging.WARNING)
         xs, ys = x[rows], y[rows]
-        diameter = 1.0 if self.norm == "Linf" else math.sqrt(xs[0].numel())
-        fab = FABAttack_PT(model, norm=self.norm, n_restarts=1, n_iter=self.n_iter, eps=diameter,
+        diameter = 1.0 if self.distance_norm == "Linf" else math.sqrt(xs[0].numel())
+        fab = FABAttack_PT(model, norm=self.distance_norm, n_restarts=1, n_iter=self.n_iter, eps=diameter,
                            verbose=False, seed=0, targeted=False, device=x.device)
         if restart > 0:
             known = best_d[rows]
             fab.eps = float(known.min()) if bool(torch.isfinite(known).all()) else diameter
-        adv = fab.attack_single_run(xs.clone(), ys.clone(), use_rand_start=restart > 0, is_targeted=False)
+        with quiet_library(self.library_messages):
+            adv = fab.attack_single_run(xs.clone(), ys.clone(), use_rand_start=restart > 0, is_targeted=False)
         adv = adv.detach().to(x.dtype).clamp(0.0, 1.0)
         with torch.no_grad():
             fooled = model(adv).argmax(1) != ys
-        d = distance(adv - xs, self.norm)
+        d = distance(adv - xs, self.distance_norm)
         better = fooled & (d < best_d[rows])
         take = rows[better]
         best_x[take] = adv[better]

@@ -30,12 +30,11 @@ Example: ``HopSkipJump(max_queries=1000).run(model, x, y, [0.03, 0.1])``.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 
 import torch
 from torch import nn
 
-from attacks.base import Attack, AttackOutput, derive_seed, project_linf
+from attacks.base import Attack, AttackContext, BatchResult, derive_seed, project_linf
 from attacks.random_search import forward_chunks
 
 BLEND_TOL = 1e-3  # precision of the initial blend-factor binary search
@@ -55,6 +54,9 @@ def _clip_radius(p: torch.Tensor, x: torch.Tensor, r: torch.Tensor) -> torch.Ten
 
 class HopSkipJump(Attack):
     name = "hopskipjump"
+    family = "fixed-budget"
+    norm = "linf"
+    kind = "black-box"
 
     def __init__(self, *, seed: int = 0, max_queries: int = 1000, init_evals: int = 100, max_evals: int = 1000,
                  init_attempts: int = 100, gamma: float = 1.0, eval_batch: int = 4096) -> None:
@@ -64,25 +66,24 @@ class HopSkipJump(Attack):
         self.max_queries, self.init_evals, self.max_evals = int(max_queries), int(init_evals), int(max_evals)
         self.init_attempts, self.gamma, self.eval_batch = int(init_attempts), float(gamma), int(eval_batch)
 
-    def run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, epsilons: Sequence[float],
-            sample_ids: torch.Tensor | None = None, batch_size: int | None = None) -> AttackOutput:
-        ids = self._ids(x, sample_ids)
-        bs = batch_size or max(x.shape[0], 1)
+    def attack_epsilons(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, epsilons: list[float],
+                        ids: torch.Tensor, bs: int, context: AttackContext) -> list[BatchResult]:
+        """The path does not depend on eps: each batch is attacked once, then every eps is derived from the
+        closest point found (hence the whole eps list); the checks of projected points span the batches."""
         with torch.no_grad():
             parts = [self._attack(model, x[s:s + bs], y[s:s + bs], ids[s:s + bs]) for s in range(0, x.shape[0], bs)]
             best = torch.cat([p[0] for p in parts]) if parts else x.clone()
             dist = torch.cat([p[1] for p in parts]) if parts else torch.zeros(0, device=x.device)
-            advs, succs = [], []
+            out = []
             for eps in epsilons:
-                out = project_linf(best, x, float(eps))  # the identity where dist <= eps
-                success = dist <= float(eps)
+                proj = project_linf(best, x, eps)  # the identity where dist <= eps
+                success = dist <= eps
                 check = (~success & torch.isfinite(dist)).nonzero().squeeze(1)
                 if check.numel():
-                    pred = forward_chunks(model, out[check], bs).argmax(1)
+                    pred = forward_chunks(model, proj[check], bs).argmax(1)
                     success[check] = pred != y[check]
-                advs.append(out)
-                succs.append(success)
-        return AttackOutput(x_adv=torch.stack(advs), success=torch.stack(succs))
+                out.append(BatchResult(proj, success))
+        return out
 
     def _attack(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
                 ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -223,6 +224,5 @@ class HopSkipJump(Attack):
             mean = f.mean()
             if abs(float(mean)) < 1.0:
                 f = f - mean  # baseline subtraction (variance reduction), as in the paper
-            g = (f.view(-1, *[1] * len(shape)) * u).mean(0)
-            out.append(g.sign())
-        return torch.stack(out)
+            out.append((f.view(-1, *[1] * len(shape)) * u).mean(0))
+        return torch.stack(out).sign()

@@ -20,27 +20,29 @@ success = target reached, ``extra['target']`` the targets. The pair search is ex
 domain (a (D, D) score per sample), done ``pair_chunk`` samples at a time to bound memory.
 
 JSMA has no L-inf budget, so ``run`` (the L-inf contract of ``Attack``) raises ValueError; the
-engine reports JSMA under its own L0 budget via ``run_l0``.
+engine reports JSMA under its own L0 budget via ``run_l0`` (the minimum-norm family's template,
+:meth:`attacks.min_norm.MinimumNormAttack.run_min_norm`; this module implements one batch).
 
 Example: ``JSMA(max_fraction=0.1, seed=0).run_l0(model, x, y).distance``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import torch
 from torch import nn
 
-from attacks.base import Attack, AttackOutput, derive_seed
-from attacks.min_norm import MinNormOutput
+from attacks.base import AttackContext, derive_seed
+from attacks.min_norm import MinimumNormAttack, MinNormBatch, MinNormOutput
 
 _TARGETS = ("random", "next", "least-likely")
 _PAIR_ELEMENTS = 1 << 24  # elements of one (chunk, D, D) score tensor: bounds memory (64 MiB in float32)
 
 
-class JSMA(Attack):
+class JSMA(MinimumNormAttack):
     name = "jsma"
+    norm = "l0"
+    kind = "white-box"
+    l0_message = "JSMA is an L0 attack: use run_l0"
 
     def __init__(self, *, seed: int = 0, theta: float = 1.0, max_fraction: float = 0.1, target: str = "random",
                  pair_chunk: int | None = None) -> None:
@@ -52,28 +54,26 @@ class JSMA(Attack):
         self.theta, self.max_fraction, self.target = float(theta), float(max_fraction), target
         self.pair_chunk = pair_chunk
 
-    def run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, epsilons: Sequence[float],
-            sample_ids: torch.Tensor | None = None, batch_size: int | None = None) -> AttackOutput:
-        raise ValueError("JSMA is an L0 attack: use run_l0")
-
     def budget(self, n_features: int) -> int:
         """Most features one sample may change: floor(max_fraction * features), rounded down to pairs."""
         return (int(self.max_fraction * n_features + 1e-9) // 2) * 2
 
     def run_l0(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, sample_ids: torch.Tensor | None = None,
-               batch_size: int | None = None) -> MinNormOutput:
-        ids = self._ids(x, sample_ids)
-        n = x.shape[0]
-        bs = batch_size or max(n, 1)
-        parts = [self._attack_batch(model, x[s:s + bs].detach(), y[s:s + bs], ids[s:s + bs]) for s in range(0, n, bs)]
-        if not parts:
-            empty = torch.zeros(0, dtype=torch.long, device=y.device)
-            return MinNormOutput(x.clone(), torch.zeros(0, dtype=torch.bool, device=x.device), x.new_zeros(0), "L0",
-                                 {"target": empty})
-        x_adv, success, target = (torch.cat([p[i] for p in parts]) for i in range(3))
+               batch_size: int | None = None, context: AttackContext | None = None) -> MinNormOutput:
+        """The L0 result (``run_min_norm`` under the name the engine's L0 stages call)."""
+        return self.run_min_norm(model, x, y, sample_ids=sample_ids, batch_size=batch_size, context=context)
+
+    def min_norm_batch(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, ids: torch.Tensor,
+                       context: AttackContext) -> MinNormBatch:
+        x_adv, success, target = self._attack_batch(model, x, y, ids)
+        return MinNormBatch(x_adv, success, {"target": target})
+
+    def distance(self, x_adv: torch.Tensor, x: torch.Tensor, success: torch.Tensor) -> torch.Tensor:
         changed = (x_adv != x).flatten(1).sum(1).to(x.dtype)
-        distance = torch.where(success, changed, torch.full_like(changed, float("inf")))
-        return MinNormOutput(x_adv, success, distance, "L0", {"target": target})
+        return torch.where(success, changed, torch.full_like(changed, float("inf")))
+
+    def empty_extra(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor] | None:
+        return {"target": torch.zeros(0, dtype=torch.long, device=y.device)}
 
     def _targets(self, logits: torch.Tensor, y: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
         k = logits.shape[1]

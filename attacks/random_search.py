@@ -1,6 +1,6 @@
 """Random search in the L-inf ball: a gradient-free sanity check that exposes gradient masking.
 
-Norm: L-inf. Following the uncertainty paper (/work/shared/papers/000_*, appendix C.1: "random search
+Norm: L-inf. Following the uncertainty paper (../shared/papers/000_2dab57ef017d8076.txt, appendix C.1: "random search
 attacks for 10,000 times on each image"), each sample gets ``n_draws`` random points of the ball of
 radius eps intersected with the [0, 1] box. A fraction ``corner_fraction`` of them are corners of
 that set (per pixel the lowest or the highest allowed value, i.e. ``x + eps * sign(u)`` clipped, with
@@ -21,12 +21,11 @@ Example: ``RandomSearch(n_draws=10_000).run(model, x, y, [8 / 255])``.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 
 import torch
 from torch import nn
 
-from attacks.base import Attack, AttackOutput, derive_seed, margin_loss, run_in_batches
+from attacks.base import Attack, AttackContext, BatchResult, derive_seed, margin_loss
 
 BLOCK = 16  # draws per seeded block; results never depend on it except through this constant
 
@@ -47,6 +46,9 @@ def is_corner(index: torch.Tensor, fraction: float) -> torch.Tensor:
 
 class RandomSearch(Attack):
     name = "random-search"
+    family = "fixed-budget"
+    norm = "linf"
+    kind = "black-box"
 
     def __init__(self, *, seed: int = 0, n_draws: int = 10_000, corner_fraction: float = 0.5,
                  batch_draws: int = 2048) -> None:
@@ -57,12 +59,10 @@ class RandomSearch(Attack):
             raise ValueError("corner_fraction must lie in [0, 1]")
         self.n_draws, self.corner_fraction, self.batch_draws = int(n_draws), float(corner_fraction), int(batch_draws)
 
-    def run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, epsilons: Sequence[float],
-            sample_ids: torch.Tensor | None = None, batch_size: int | None = None) -> AttackOutput:
-        ids = self._ids(x, sample_ids)
-        bs = batch_size or max(x.shape[0], 1)
+    def attack_batch(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, ids: torch.Tensor,
+                     context: AttackContext) -> BatchResult:
         with torch.no_grad():
-            return run_in_batches(x, y, epsilons, ids, bs, lambda xb, yb, eps, ib: self._search(model, xb, yb, eps, ib))
+            return BatchResult(*self._search(model, x, y, eps, ids))
 
     def _block(self, x: torch.Tensor, eps: float, sid: int, block: int) -> torch.Tensor:
         """Draws ``block * BLOCK ... + BLOCK - 1`` of one sample x (C, H, W): (BLOCK, C, H, W)."""

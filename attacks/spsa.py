@@ -21,12 +21,10 @@ Example: ``SPSA(steps=100).run(model, x, y, [0.3])``.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import torch
 from torch import nn
 
-from attacks.base import Attack, AttackOutput, derive_seed, margin_loss, project_linf, run_in_batches
+from attacks.base import Attack, AttackContext, BatchResult, derive_seed, margin_loss, project_linf
 from attacks.random_search import forward_chunks
 
 BETAS = (0.9, 0.999)
@@ -35,6 +33,9 @@ ADAM_EPS = 1e-8
 
 class SPSA(Attack):
     name = "spsa"
+    family = "fixed-budget"
+    norm = "linf"
+    kind = "black-box"
 
     def __init__(self, *, seed: int = 0, steps: int = 100, n_samples: int = 128, delta: float = 0.01,
                  lr: float = 0.01, eval_batch: int = 4096) -> None:
@@ -46,12 +47,10 @@ class SPSA(Attack):
         self.steps, self.n_samples, self.delta, self.lr = int(steps), int(n_samples), float(delta), float(lr)
         self.eval_batch = int(eval_batch)
 
-    def run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, epsilons: Sequence[float],
-            sample_ids: torch.Tensor | None = None, batch_size: int | None = None) -> AttackOutput:
-        ids = self._ids(x, sample_ids)
-        bs = batch_size or max(x.shape[0], 1)
+    def attack_batch(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, ids: torch.Tensor,
+                     context: AttackContext) -> BatchResult:
         with torch.no_grad():
-            return run_in_batches(x, y, epsilons, ids, bs, lambda xb, yb, eps, ib: self._attack(model, xb, yb, eps, ib))
+            return BatchResult(*self._attack(model, x, y, eps, ids))
 
     def _attack(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float,
                 ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

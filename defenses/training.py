@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from attacks.base import project_linf
+from attacks.signed_gradient import Scored, StepSize, signed_gradient_ascent
 from defenses import losses
 
 OBJECTIVES = ("ce", "madry", "pat", "trades", "mart", "mma", "dynamic", "rce", "adp")
@@ -102,14 +102,15 @@ class Recipe:
 
 def _pgd_ce(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, steps: int, alpha: float,
             gen: torch.Generator) -> torch.Tensor:
-    """Training-time PGD on CE with a uniform random start (Madry / PAT / MART)."""
+    """Training-time PGD on CE with a uniform random start (Madry / PAT / MART): ``steps`` steps of the
+    shared core, no early stop, the last iterate."""
     noise = torch.rand(x.shape, generator=gen).to(x.device) * 2 - 1
-    xa = (x + eps * noise).clamp(0, 1)
-    for _ in range(steps):
-        xa.requires_grad_(True)
-        grad = torch.autograd.grad(F.cross_entropy(model(xa), y, reduction="sum"), xa)[0]
-        xa = project_linf(xa.detach() + alpha * grad.sign(), x, eps)
-    return xa.detach()
+    start = (x + eps * noise).clamp(0, 1)
+
+    def ce(xa: torch.Tensor, logits: torch.Tensor, rows: torch.Tensor) -> Scored:
+        return Scored(F.cross_entropy(logits, y[rows], reduction="sum"))
+
+    return signed_gradient_ascent(model, x, start, eps, alpha, steps, ce, final=False)
 
 
 def _pgd_kl(model: nn.Module, x: torch.Tensor, eps: float, steps: int, alpha: float,
@@ -117,32 +118,32 @@ def _pgd_kl(model: nn.Module, x: torch.Tensor, eps: float, steps: int, alpha: fl
     """TRADES inner maximisation: maximise KL(p(x) || p(x')) from x + 0.001 * N(0, 1)."""
     with torch.no_grad():
         logits_clean = model(x)
-    xa = (x + 0.001 * torch.randn(x.shape, generator=gen).to(x.device)).clamp(0, 1)
-    for _ in range(steps):
-        xa.requires_grad_(True)
-        grad = torch.autograd.grad(losses.kl_per_sample(logits_clean, model(xa)).sum(), xa)[0]
-        xa = project_linf(xa.detach() + alpha * grad.sign(), x, eps)
-    return xa.detach()
+    start = (x + 0.001 * torch.randn(x.shape, generator=gen).to(x.device)).clamp(0, 1)
+
+    def kl(xa: torch.Tensor, logits: torch.Tensor, rows: torch.Tensor) -> Scored:
+        return Scored(losses.kl_per_sample(logits_clean[rows], logits).sum())
+
+    return signed_gradient_ascent(model, x, start, eps, alpha, steps, kl, final=False)
 
 
 def _pgd_fosc(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, steps: int, alpha: float,
               gen: torch.Generator, c_t: float) -> torch.Tensor:
     """Dynamic AT's inner maximisation (Wang et al., 2019): PGD on CE that stops per sample once the
-    first-order stationarity condition FOSC = eps * ||g||_1 - <x_k - x, g> falls to c_t or below."""
+    first-order stationarity condition FOSC = eps * ||g||_1 - <x_k - x, g> falls to c_t or below (a
+    stopped sample keeps its iterate; the loop ends when every sample has stopped)."""
     noise = torch.rand(x.shape, generator=gen).to(x.device) * 2 - 1
-    xa = (x + eps * noise).clamp(0, 1)
+    start = (x + eps * noise).clamp(0, 1)
     active = torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
-    for _ in range(steps):
-        xa.requires_grad_(True)
-        grad = torch.autograd.grad(F.cross_entropy(model(xa), y, reduction="sum"), xa)[0]
-        with torch.no_grad():
-            fosc = eps * grad.abs().flatten(1).sum(1) - ((xa - x) * grad).flatten(1).sum(1)
-            active &= fosc > c_t
-            if not bool(active.any()):
-                break
-            stepped = project_linf(xa + alpha * grad.sign(), x, eps)
-            xa = torch.where(active.view(-1, *[1] * (x.dim() - 1)), stepped, xa).detach()
-    return xa.detach()
+
+    def ce(xa: torch.Tensor, logits: torch.Tensor, rows: torch.Tensor) -> Scored:
+        return Scored(F.cross_entropy(logits, y[rows], reduction="sum"))
+
+    def moves(rows: torch.Tensor, xa: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+        fosc = eps * grad.abs().flatten(1).sum(1) - ((xa - x[rows]) * grad).flatten(1).sum(1)
+        active[rows] &= fosc > c_t
+        return active[rows]
+
+    return signed_gradient_ascent(model, x, start, eps, alpha, steps, ce, moves=moves, final=False)
 
 
 def _an_pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, max_eps: float, steps: int, alpha: float,
@@ -232,7 +233,8 @@ def train_model(
         for group in opt.param_groups:
             group["lr"] = _lr_at(budget, step / steps_per_epoch)
         ramp = min(1.0, progress / budget.eps_warmup) if budget.eps_warmup > 0 else 1.0
-        eps, alpha = budget.eps * ramp, budget.attack_step_size * ramp
+        eps = budget.eps * ramp
+        alpha = StepSize.resolve(budget.attack_step_size * ramp, None).alpha(eps)  # absolute, ramped with eps
         x_adv = None
         if recipe.objective not in ("ce", "rce", "adp") and eps > 0:
             model.eval()

@@ -126,7 +126,7 @@ def one_thread():
 class EscapingAttack:
     """A buggy attack that returns inputs outside the epsilon ball."""
 
-    def run(self, model, x, y, epsilons, sample_ids=None, batch_size=None) -> AttackOutput:
+    def run(self, model, x, y, epsilons, sample_ids=None, batch_size=None, context=None) -> AttackOutput:
         x_adv = torch.stack([(x + 2 * e + 1e-3).clamp(0, 1) for e in epsilons])
         return AttackOutput(x_adv=x_adv, success=torch.ones(len(epsilons), x.shape[0], dtype=torch.bool))
 

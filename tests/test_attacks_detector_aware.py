@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from attacks.base import PassCounter
+from attacks.context import AttackContext
 from attacks.detector_aware import DetectorAwarePGD, find_detector
 from attacks.pgd import PGD
 from defenses.detectors import DetectorClassifier, threshold_at_fpr
@@ -83,9 +84,8 @@ def test_detector_aware_beats_plain_pgd_on_a_kd_detector(kd_setup) -> None:
     plain_success = int((mis & ~rej).sum())
 
     attack = DetectorAwarePGD(steps=30, rel_step_size=0.1, seed=0, **STRONG)
-    attack.bind_detector_threshold(t)
     counter = PassCounter(model)
-    out = attack.run(counter, x, y, [eps])
+    out = attack.run(counter, x, y, [eps], context=AttackContext(detector_threshold=t))
     mis_a, rej_a = _engine_verdict(model, out.x_adv[0], y, t)
     engine_success = mis_a & ~rej_a
     assert torch.equal(out.success[0], engine_success)  # the attack's verdict is the engine's rule
@@ -98,8 +98,7 @@ def test_weight_sweep_and_kappa_help_over_a_single_weight(kd_setup) -> None:
     runs = {}
     for name, kw in {"single": {}, "strong": STRONG}.items():
         attack = DetectorAwarePGD(steps=30, rel_step_size=0.1, seed=0, **kw)
-        attack.bind_detector_threshold(t)
-        runs[name] = int(attack.run(model, x, y, [0.25]).success.sum())
+        runs[name] = int(attack.run(model, x, y, [0.25], context=AttackContext(detector_threshold=t)).success.sum())
     assert runs["strong"] > runs["single"]
 
 
@@ -107,8 +106,7 @@ def test_outputs_in_ball_and_box(kd_setup) -> None:
     model, t, x, y = kd_setup
     epsilons = [0.0, 0.05, 0.3, 1.0]
     attack = DetectorAwarePGD(steps=5, step_size=0.2, restarts=2, slack=0.5, seed=3, **STRONG)
-    attack.bind_detector_threshold(t)
-    out = attack.run(model, x[:15], y[:15], epsilons)
+    out = attack.run(model, x[:15], y[:15], epsilons, context=AttackContext(detector_threshold=t))
     assert out.x_adv.shape == (4, 15, 1, 8, 8) and out.success.shape == (4, 15)
     assert _in_ball_and_box(out.x_adv, x[:15], epsilons)
     assert not bool(out.success[0].any())  # eps 0: clean inputs are correct and accepted
@@ -120,23 +118,22 @@ def test_deterministic_batch_independent_and_rng_untouched(kd_setup) -> None:
     x, y = x[:20], y[:20]
     ids = torch.arange(500, 520)
     attack = DetectorAwarePGD(steps=8, rel_step_size=0.2, restarts=2, seed=5, **STRONG)
-    attack.bind_detector_threshold(t)
+    ctx = AttackContext(detector_threshold=t)
     torch.manual_seed(0)
     expected = torch.rand(2)
     torch.manual_seed(0)
-    a = attack.run(model, x, y, [0.15, 0.25], sample_ids=ids)
+    a = attack.run(model, x, y, [0.15, 0.25], sample_ids=ids, context=ctx)
     assert torch.equal(torch.rand(2), expected)  # the global RNG was not touched
-    again = attack.run(model, x, y, [0.15, 0.25], sample_ids=ids)
-    b = attack.run(PassCounter(model), x, y, [0.15, 0.25], sample_ids=ids, batch_size=6)
-    sub = attack.run(model, x[7:16], y[7:16], [0.15, 0.25], sample_ids=ids[7:16], batch_size=4)
+    again = attack.run(model, x, y, [0.15, 0.25], sample_ids=ids, context=ctx)
+    b = attack.run(PassCounter(model), x, y, [0.15, 0.25], sample_ids=ids, batch_size=6, context=ctx)
+    sub = attack.run(model, x[7:16], y[7:16], [0.15, 0.25], sample_ids=ids[7:16], batch_size=4, context=ctx)
     assert torch.equal(a.x_adv, again.x_adv) and torch.equal(a.success, again.success)
     assert torch.equal(a.success, b.success) and torch.allclose(a.x_adv, b.x_adv)
     assert torch.equal(a.success[:, 7:16], sub.success) and torch.allclose(a.x_adv[:, 7:16], sub.x_adv)
     assert bool(a.success.any()) and not bool(a.success.all())  # not vacuous
     other_seed = DetectorAwarePGD(steps=8, rel_step_size=0.2, restarts=2, seed=6, **STRONG)
-    other_seed.bind_detector_threshold(t)
-    assert not torch.equal(other_seed.run(model, x, y, [0.15], sample_ids=ids).x_adv[0], a.x_adv[0])
-    empty = attack.run(model, x[:0], y[:0], [0.1, 0.2])
+    assert not torch.equal(other_seed.run(model, x, y, [0.15], sample_ids=ids, context=ctx).x_adv[0], a.x_adv[0])
+    empty = attack.run(model, x[:0], y[:0], [0.1, 0.2], context=ctx)
     assert empty.x_adv.shape == (2, 0, 1, 8, 8) and empty.success.shape == (2, 0)
 
 
@@ -157,33 +154,30 @@ def test_missing_detector_raises(kd_setup) -> None:
 
     with pytest.raises(ValueError, match="threshold"):
         DetectorAwarePGD(steps=2).run(NoEta(), x[:3], y[:3], [0.1])
-    bound = DetectorAwarePGD(steps=2)
-    bound.bind_detector_threshold(1e9)
-    assert bound.run(NoEta(), x[:3], y[:3], [0.1]).x_adv.shape == (1, 3, 1, 8, 8)
+    bound = AttackContext(detector_threshold=1e9)
+    assert DetectorAwarePGD(steps=2).run(NoEta(), x[:3], y[:3], [0.1], context=bound).x_adv.shape == (1, 3, 1, 8, 8)
     with pytest.raises(ValueError):
         DetectorAwarePGD(step_size=0.01, rel_step_size=0.1)
 
 
-def test_bound_threshold_decides_success(kd_setup) -> None:
+def test_context_threshold_decides_success(kd_setup) -> None:
     model, t, x, y = kd_setup
     x, y = x[:25], y[:25]
     counts = {}
     for name, thr in {"strict": t - 1.0, "engine": t, "loose": t + 3.0}.items():
         attack = DetectorAwarePGD(steps=20, rel_step_size=0.1, seed=0, **STRONG)
-        attack.bind_detector_threshold(thr)
-        out = attack.run(model, x, y, [0.25])
+        out = attack.run(model, x, y, [0.25], context=AttackContext(detector_threshold=thr))
         with torch.no_grad():
             score = model.detector_score(out.x_adv[0])
             mis = model(out.x_adv[0]).argmax(1) != y
         assert torch.equal(out.success[0], mis & (score <= thr))  # success iff misclassified and score <= thr
         counts[name] = int(out.success[0].sum())
     assert counts["strict"] < counts["engine"] <= counts["loose"]
-    # unbound: falls back to detector_eta, identical to binding it explicitly
+    # no threshold in the context: falls back to detector_eta, identical to passing it explicitly
     eta = float(model.detector_eta)
     unbound = DetectorAwarePGD(steps=10, rel_step_size=0.1, seed=0, **STRONG).run(model, x, y, [0.25])
     explicit = DetectorAwarePGD(steps=10, rel_step_size=0.1, seed=0, **STRONG)
-    explicit.bind_detector_threshold(eta)
-    out = explicit.run(model, x, y, [0.25])
+    out = explicit.run(model, x, y, [0.25], context=AttackContext(detector_threshold=eta))
     assert torch.equal(unbound.x_adv, out.x_adv) and torch.equal(unbound.success, out.success)
 
 
@@ -191,8 +185,7 @@ def test_unreachable_threshold_reduces_to_pgd_cw(kd_setup) -> None:
     """With a threshold no input exceeds, the penalty and its gradient vanish: PGD-CW, step for step."""
     model, _, x, y = kd_setup
     attack = DetectorAwarePGD(steps=15, rel_step_size=0.1, random_start=False)
-    attack.bind_detector_threshold(1e9)
-    ours = attack.run(model, x, y, [0.1, 0.2])
+    ours = attack.run(model, x, y, [0.1, 0.2], context=AttackContext(detector_threshold=1e9))
     pgd = PGD(loss="cw", steps=15, rel_step_size=0.1, random_start=False).run(model, x, y, [0.1, 0.2])
     assert torch.equal(ours.x_adv, pgd.x_adv) and torch.equal(ours.success, pgd.success)
     assert bool(ours.success[1].any())

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from attacks.base import PassCounter
+from attacks.context import AttackContext
 from attacks.fab import FABMinNorm
 from attacks.pgd import PGD
 from attacks.transfer import SurrogateProvider, Transfer
@@ -51,6 +52,10 @@ class FakeProvider:
         return self.counter, self.sha
 
 
+def _ctx(provider: SurrogateProvider) -> AttackContext:
+    return AttackContext(surrogates=provider)
+
+
 def _transfer(**kw) -> Transfer:
     return Transfer(surrogate="standard", surrogate_budget="quick", surrogate_seed=3, **kw)
 
@@ -63,7 +68,7 @@ def test_transfer_never_calls_the_target(tmp_path: Path) -> None:
     provider = FakeProvider(_nearby(linear), tmp_path)
     assert isinstance(provider, SurrogateProvider)
     target = PassCounter(model)
-    out = _transfer().bind(provider).run(target, x, y, [EPS / 2, EPS])
+    out = _transfer().run(target, x, y, [EPS / 2, EPS], context=_ctx(provider))
     assert (target.n_forward, target.n_backward) == (0, 0)  # not even a verification pass
     assert provider.counter.n_forward > 0 and provider.counter.n_backward > 0  # the surrogate did the work
     assert provider.calls and set(provider.calls) == {("standard", "quick", 3)}
@@ -84,37 +89,37 @@ def test_transfer_without_provider_raises() -> None:
 def test_transfer_cache_is_reused_across_targets_and_survives_corruption(tmp_path: Path) -> None:
     model, linear, x, y = masked_problem(n=30)
     provider = FakeProvider(_nearby(linear), tmp_path)
-    first = _transfer().bind(provider).run(model, x, y, [EPS / 2, EPS])
+    first = _transfer().run(model, x, y, [EPS / 2, EPS], context=_ctx(provider))
     files = sorted(tmp_path.glob("transfer-*.pt"))
     assert len(files) == 2  # one file per (surrogate, inner spec, seed, eps)
     assert not list(tmp_path.glob("*.tmp"))  # temp files were renamed away
     # a second target (any model), same provider: the surrogate is not called at all, inputs identical
     provider.counter.reset()
     other_target = PassCounter(Linear(torch.randn(2, 64), torch.zeros(2)))
-    second = _transfer().bind(provider).run(other_target, x, y, [EPS / 2, EPS])
+    second = _transfer().run(other_target, x, y, [EPS / 2, EPS], context=_ctx(provider))
     assert (provider.counter.n_forward, provider.counter.n_backward) == (0, 0)
     assert other_target.n_forward == 0
     assert torch.equal(second.x_adv, first.x_adv) and torch.equal(second.success, first.success)
     # a subset in another order, by sample id, also comes from the cache
     perm = torch.tensor([7, 3, 29, 0])
-    sub = _transfer().bind(provider).run(model, x[perm], y[perm], [EPS], sample_ids=perm)
+    sub = _transfer().run(model, x[perm], y[perm], [EPS], sample_ids=perm, context=_ctx(provider))
     assert provider.counter.n_forward == 0 and torch.equal(sub.x_adv[0], first.x_adv[1][perm])
     # a corrupted file is ignored and recomputed (only that eps), giving the same inputs again
     files[0].write_bytes(b"not a torch file")
-    third = _transfer().bind(provider).run(model, x, y, [EPS / 2, EPS])
+    third = _transfer().run(model, x, y, [EPS / 2, EPS], context=_ctx(provider))
     assert provider.counter.n_forward > 0
     assert torch.equal(third.x_adv, first.x_adv)
     provider.counter.reset()
-    _transfer().bind(provider).run(model, x, y, [EPS / 2, EPS])
+    _transfer().run(model, x, y, [EPS / 2, EPS], context=_ctx(provider))
     assert provider.counter.n_forward == 0  # the rewritten file is valid again
     # another inner spec or seed is another key; a changed clean input under the same id is recomputed
-    _transfer(inner_params={"loss": "cw", "steps": 10, "rel_step_size": 0.25, "random_start": False}).bind(
-        provider).run(model, x, y, [EPS])
+    _transfer(inner_params={"loss": "cw", "steps": 10, "rel_step_size": 0.25, "random_start": False}).run(
+        model, x, y, [EPS], context=_ctx(provider))
     assert provider.counter.n_forward > 0 and len(list(tmp_path.glob("transfer-*.pt"))) == 3
     provider.counter.reset()
     x2 = x.clone()
     x2[5] = 1 - x2[5]
-    moved = _transfer().bind(provider).run(model, x2, y, [EPS])
+    moved = _transfer().run(model, x2, y, [EPS], context=_ctx(provider))
     assert 0 < provider.counter.n_forward
     assert float((moved.x_adv[0][5] - x2[5]).abs().max()) <= EPS + 1e-6
 
@@ -135,8 +140,8 @@ def test_transfer_breaks_a_zero_gradient_model_that_pgd_cannot(tmp_path: Path, n
     breakable = optimal_margin(linear, x, y, EPS) < 0
     assert breakable.float().mean() > 0.5
     target = PassCounter(model)
-    out = _transfer(inner_kind=inner_kind, inner_params=params).bind(
-        FakeProvider(_nearby(linear, noise=noise), tmp_path)).run(target, x, y, [EPS])
+    out = _transfer(inner_kind=inner_kind, inner_params=params).run(
+        target, x, y, [EPS], context=_ctx(FakeProvider(_nearby(linear, noise=noise), tmp_path)))
     assert target.n_forward == 0
     assert float((out.x_adv[0] - x).abs().max()) <= EPS + 1e-6
     broken = model(out.x_adv[0]).argmax(1) != y
@@ -160,10 +165,12 @@ def test_transfer_ball_box_determinism_and_empty(inner_kind: str, params: dict |
     y = target(x).argmax(1)
     epsilons = [0.0, 0.02, 0.3]
 
-    def attack() -> Transfer:
-        return _transfer(inner_kind=inner_kind, inner_params=params, seed=4).bind(FakeProvider(surrogate, None))
+    ctx = _ctx(FakeProvider(surrogate, None))
 
-    out = attack().run(target, x, y, epsilons)
+    def attack() -> Transfer:
+        return _transfer(inner_kind=inner_kind, inner_params=params, seed=4)
+
+    out = attack().run(target, x, y, epsilons, context=ctx)
     assert out.x_adv.shape == (3, *x.shape) and out.success.shape == (3, len(y))
     assert bool(torch.isfinite(out.x_adv).all())
     assert float(out.x_adv.min()) >= 0.0 and float(out.x_adv.max()) <= 1.0
@@ -172,16 +179,17 @@ def test_transfer_ball_box_determinism_and_empty(inner_kind: str, params: dict |
     assert torch.equal(out.x_adv[0], x)
     assert bool(out.success[2].any())
     # deterministic, and independent of batch size and of which samples share the call
-    again = attack().run(target, x, y, epsilons, batch_size=7)
+    again = attack().run(target, x, y, epsilons, batch_size=7, context=ctx)
     assert torch.equal(again.x_adv, out.x_adv) and torch.equal(again.success, out.success)
     ids = torch.arange(10, 20)
-    part = attack().run(target, x[10:], y[10:], epsilons, sample_ids=ids, batch_size=3)
+    part = attack().run(target, x[10:], y[10:], epsilons, sample_ids=ids, batch_size=3, context=ctx)
     assert torch.equal(part.x_adv, out.x_adv[:, 10:])
     provider = FakeProvider(surrogate, None)
-    empty = _transfer(inner_kind=inner_kind, inner_params=params).bind(provider).run(target, x[:0], y[:0], epsilons)
+    empty = _transfer(inner_kind=inner_kind, inner_params=params).run(target, x[:0], y[:0], epsilons,
+                                                                      context=_ctx(provider))
     assert empty.x_adv.shape == (3, 0, 1, 8, 8) and empty.success.shape == (3, 0)
     assert provider.calls == []  # no surrogate loaded (or trained) for nothing
-    none = attack().run(target, x, y, [])
+    none = attack().run(target, x, y, [], context=ctx)
     assert none.x_adv.shape == (0, *x.shape)
 
 

@@ -84,9 +84,9 @@ def test_broken_samples_are_never_attacked_again(tmp_path: Path, linear: Linear)
         attack = make_attack(kind, params, seed)
         inner = attack.run
 
-        def run(model, x, y, epsilons, sample_ids=None, batch_size=None):
+        def run(model, x, y, epsilons, sample_ids=None, batch_size=None, context=None):
             calls.append((f"{kind}-{params.get('loss', '')}", float(epsilons[0]), set(sample_ids.tolist())))
-            return inner(model, x, y, epsilons, sample_ids=sample_ids, batch_size=batch_size)
+            return inner(model, x, y, epsilons, sample_ids=sample_ids, batch_size=batch_size, context=context)
 
         attack.run = run  # type: ignore[method-assign]
         return attack
@@ -162,7 +162,7 @@ def test_engine_verifies_success_itself(tmp_path: Path, linear: Linear) -> None:
     from attacks.base import AttackOutput
 
     class Liar:
-        def run(self, model, x, y, epsilons, sample_ids=None, batch_size=None):
+        def run(self, model, x, y, epsilons, sample_ids=None, batch_size=None, context=None):
             return AttackOutput(x_adv=torch.stack([x for _ in epsilons]),
                                 success=torch.ones(len(epsilons), x.shape[0], dtype=torch.bool))
 

@@ -126,7 +126,7 @@ def test_extras_and_transfer_run_verified_and_stay_out_of_the_worst_case(tmp_pat
 
 
 class _OverBudgetL0:
-    def run_l0(self, model, x, y, sample_ids=None, batch_size=None) -> MinNormOutput:
+    def run_l0(self, model, x, y, sample_ids=None, batch_size=None, context=None) -> MinNormOutput:
         x_adv = x.clone()
         x_adv.view(x.shape[0], -1)[:, :100] = 1.0 - x_adv.view(x.shape[0], -1)[:, :100]
         return MinNormOutput(x_adv, torch.ones(x.shape[0], dtype=torch.bool), torch.full((x.shape[0],), 100.0), "L0")

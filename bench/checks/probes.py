@@ -17,6 +17,8 @@ import torch
 from torch import nn
 
 from attacks.base import Attack, attack_loss, per_sample_uniform
+from attacks.context import AttackContext
+from attacks.signed_gradient import Scored, StepSize, signed_gradient_ascent
 from bench.engine.verify import DetectorRule, adversarial_verdict, check_bounds
 
 
@@ -49,14 +51,14 @@ class Trace:
 
 @dataclass(frozen=True)
 class PGDSetting:
-    """The protocol's PGD (its ``pgd-ce`` stage): steps and step size."""
+    """The protocol's PGD (its ``pgd-ce`` stage): steps and step size (eps / 10 when none is given)."""
 
     steps: int
     step_size: float | None = None
     rel_step_size: float | None = None
 
     def alpha(self, eps: float) -> float:
-        return float(self.step_size) if self.step_size is not None else float(self.rel_step_size or 0.1) * eps
+        return StepSize.resolve(self.step_size, self.rel_step_size, 0.1).alpha(eps)
 
 
 @dataclass(frozen=True)
@@ -74,11 +76,15 @@ class PGDJob:
 
 
 class Prober:
-    """Runs verified probes on one model: ``x``/``y`` on the model's device, ``ids`` the sample ids."""
+    """Runs verified probes on one model: ``x``/``y`` on the model's device, ``ids`` the sample ids.
+
+    ``context`` is what registry attacks receive on each call (e.g. the run's detector threshold).
+    """
 
     def __init__(self, model: nn.Module, bs: int, detector: DetectorRule | None,
-                 make: Callable[[str, dict, int], Attack]) -> None:
+                 make: Callable[[str, dict, int], Attack], context: AttackContext | None = None) -> None:
         self.model, self.bs, self.detector, self.make = model, bs, detector, make
+        self.context = context if context is not None else AttackContext()
 
     def verify(self, x_adv: torch.Tensor, x: torch.Tensor, y: torch.Tensor, eps: float, label: str,
                ids: torch.Tensor) -> Outcome:
@@ -91,7 +97,8 @@ class Prober:
         """One attack from the attack registry at one eps, verified."""
         if x.shape[0] == 0:
             return Outcome([], [])
-        out = self.make(kind, dict(params), seed).run(self.model, x, y, [eps], sample_ids=ids, batch_size=self.bs)
+        out = self.make(kind, dict(params), seed).run(self.model, x, y, [eps], sample_ids=ids, batch_size=self.bs,
+                                                      context=self.context)
         return self.verify(out.x_adv[0].detach().to(x.device), x, y, eps, label, ids)
 
     def pgd(self, jobs: list[PGDJob], label: str) -> list[Trace]:
@@ -102,9 +109,18 @@ class Prober:
         than running the jobs one by one. A sample stops being attacked (every restart of it) once one
         of its rows is misclassified; that iterate is kept, else the last iterate of restart 0.
         ``survivor_loss[t]`` is the mean loss after t steps of restart 0 over the job's samples that no
-        step broke: if it still climbs at the end, the attack has not converged.
+        step broke: if it still climbs at the end, the attack has not converged. The loop is the shared
+        core (:func:`attacks.signed_gradient.signed_gradient_ascent`) with per-row eps and step, a
+        per-row step budget and a stop rule per sample (group of rows).
         """
-        xs, ys, group, eps, alpha, budget, restart0, job_of = [], [], [], [], [], [], [], []
+        xs: list[torch.Tensor] = []
+        ys: list[torch.Tensor] = []
+        group: list[int] = []
+        eps: list[float] = []
+        alpha: list[float] = []
+        budget: list[int] = []
+        restart0: list[bool] = []
+        job_of: list[int] = []
         offsets, n_groups = [], 0
         for j, job in enumerate(jobs):
             n = job.x.shape[0]
@@ -135,25 +151,24 @@ class Prober:
         fool_row = torch.full((n_groups,), -1, dtype=torch.long, device=dev)  # the row whose iterate fooled it
         max_steps = max(job.steps for job in jobs)
         losses = torch.full((max_steps + 1, xa.shape[0]), float("nan"))
-        for t in range(max_steps + 1):
-            active = (~fooled_group[grp] & (budget_t >= t)).nonzero().squeeze(1)
-            if active.numel() == 0:
-                break
-            for b0 in range(0, active.numel(), self.bs):
-                idx = active[b0:b0 + self.bs]
-                xb = xa[idx].clone().requires_grad_(True)
-                logits = self.model(xb)
-                loss = attack_loss("ce", logits, y[idx])
-                grad = torch.autograd.grad(loss.sum(), xb)[0]
-                with torch.no_grad():
-                    losses[t, idx.cpu()] = loss.detach().float().cpu()
-                    fooled = logits.argmax(1) != y[idx]
-                    keep = (fooled | first[idx]).view_as(eps_t[idx])  # fooling iterates; restart 0's latest
-                    best[idx] = torch.where(keep, xb.detach(), best[idx])
-                    fooled_group[grp[idx[fooled]]] = True
-                    fool_row[grp[idx[fooled]]] = idx[fooled]
-                    step = xb.detach() + alpha_t[idx] * grad.sign()
-                    xa[idx] = torch.minimum(torch.maximum(step, x0[idx] - eps_t[idx]), x0[idx] + eps_t[idx]).clamp(0, 1)
+
+        def objective(xb: torch.Tensor, logits: torch.Tensor, rows: torch.Tensor) -> Scored:
+            return Scored(attack_loss("ce", logits, y[rows]), logits.argmax(1) != y[rows])
+
+        def record(t: int, rows: torch.Tensor, xb: torch.Tensor, logits: torch.Tensor, s: Scored) -> None:
+            losses[t, rows.cpu()] = s.objective.detach().float().cpu()
+            fooled = s.success
+            assert fooled is not None  # the objective above always says which rows it fooled
+            keep = (fooled | first[rows]).view_as(eps_t[rows])  # fooling iterates; restart 0's latest
+            best[rows] = torch.where(keep, xb, best[rows])
+            fooled_group[grp[rows[fooled]]] = True
+            fool_row[grp[rows[fooled]]] = rows[fooled]
+
+        def live(t: int, rows: torch.Tensor) -> torch.Tensor:  # every restart of a fooled sample stops
+            return ~fooled_group[grp[rows]] & (budget_t[rows] >= t)
+
+        signed_gradient_ascent(self.model, x0, xa, eps_t, alpha_t, max_steps, objective, record=record, live=live,
+                               chunk=self.bs)
         traces = []
         for j, job in enumerate(jobs):
             n = job.x.shape[0]

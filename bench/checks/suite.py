@@ -19,6 +19,7 @@ from collections.abc import Callable
 
 import torch
 
+from attacks.registry import attack_labels
 from bench.checks.model import check_model_facts, check_restarts, check_steps, check_sweeps, check_unbounded
 from bench.checks.probes import Prober
 from bench.checks.registry import (
@@ -44,8 +45,10 @@ __all__ = ["BLACK_BOX_KINDS", "BLACK_BOX_SUBATTACKS", "CHECKS", "SIZES", "SUITE"
            "run_suite", "store_results", "suite_for"]
 
 
-WHITE_BOX_KINDS = {"fgsm", "pgd", "bim", "ilcm", "autoattack", "pgd-ls-sweep", "bpda", "eot", "detector-aware-pgd"}
-BLACK_BOX_KINDS = {"transfer", "random-search", "spsa", "hopskipjump", "square"}
+# From the attack classes' declared kinds (attacks.registry): the eps-ball attacks that use the model's
+# gradients (adaptive wrappers included), and those that do not (transfer and gradient-free attacks).
+WHITE_BOX_KINDS = attack_labels("white-box", "adaptive", family="fixed-budget")
+BLACK_BOX_KINDS = attack_labels("black-box", "transfer")
 BLACK_BOX_SUBATTACKS = {"square"}  # AutoAttack's sub-attacks without gradients
 
 
@@ -141,6 +144,7 @@ def run_checks(store: Store, run_id: int, model: torch.nn.Module, *, data_dir: s
     """Run the suite on a stored run with its model and store the results (replacing earlier ones)."""
     from attacks import make_attack
     from attacks.base import prepare_model
+    from attacks.context import AttackContext
     from bench.engine.verify import DetectorRule, has_detector
     from bench.errors import BenchError
     from bench.protocol.data import load_split
@@ -163,16 +167,12 @@ def run_checks(store: Store, run_id: int, model: torch.nn.Module, *, data_dir: s
             raise BenchError(f"run {run_id} has no detector calibration stored")
         detector = DetectorRule(model, float(json.loads(run.detector_json)["threshold"]))
 
-    def make(kind: str, params: dict, seed: int):
-        attack = make_attack(kind, params, seed)
-        if hasattr(attack, "bind_detector_threshold") and detector is not None:
-            attack.bind_detector_threshold(detector.threshold)
-        return attack
+    context = AttackContext(detector_threshold=None if detector is None else detector.threshold)
 
     bs = batch_size or int(proto.get("chunk_size", 100))
     with torch.no_grad():
         n_classes = int(model(x[:1]).shape[1])
-    prober = Prober(model, bs, detector, make)
+    prober = Prober(model, bs, detector, make_attack, context)
     results = run_suite(CheckInputs(proto, rows, summary, x, y, prober, detector is not None, n_classes), progress)
     store_results(store, run_id, results, suite_for(proto)[1])
     return results

@@ -30,6 +30,7 @@ from torch import nn
 
 from attacks import make_attack
 from attacks.base import Attack, PassCounter, prepare_model
+from attacks.context import AttackContext, SurrogateProvider
 from bench import code_version
 from bench.engine.extras import run_extra
 from bench.engine.verify import DetectorRule, adversarial_verdict, check_bounds, has_detector, predict
@@ -99,13 +100,14 @@ def evaluate(
     store: Store, target: EvalTarget, protocol: Protocol, *, data_dir: str | None = None, start: int = 0,
     stop: int | None = None, device: str = "cpu", batch_size: int | None = None,
     progress: ProgressFn | None = None, attack_factory: AttackFactory = make_attack,
-    surrogates: object | None = None,
+    surrogates: SurrogateProvider | None = None,
 ) -> int:
     """Evaluate ``target`` under ``protocol`` on samples [start, stop); returns the run id.
 
     The entry is attacked with the protocol's attacks plus the adaptive attacks it declares (see
     :meth:`Protocol.for_entry`; a randomized entry gets EOT). ``surrogates`` provides the transfer
-    attacks' surrogate models (see :class:`bench.models.surrogates.WorkspaceSurrogates`).
+    attacks' surrogate models (see :class:`bench.models.surrogates.WorkspaceSurrogates`); every attack gets
+    it, and a detector entry's threshold, in its :class:`~attacks.context.AttackContext`.
     """
     entry = target.entry
     if protocol.dataset not in entry.architectures:
@@ -129,14 +131,7 @@ def evaluate(
                                    dev, bs)
                 if has_detector(target.model) else None)
     model = PassCounter(prepare_model(target.model, dev))
-
-    def make(kind: str, params: dict, seed: int) -> Attack:
-        attack = attack_factory(kind, params, seed)
-        if hasattr(attack, "bind") and surrogates is not None:
-            attack.bind(surrogates)  # transfer attacks: the workspace's surrogate models and cache
-        if hasattr(attack, "bind_detector_threshold") and detector is not None:
-            attack.bind_detector_threshold(detector.threshold)
-        return attack
+    context = AttackContext(surrogates=surrogates, detector_threshold=None if detector is None else detector.threshold)
 
     stages = [("clean", 0.0)] + applied.stages()
     total = (len(stages) + len(applied.extras)) * len(range(start, stop, protocol.chunk_size))
@@ -156,7 +151,7 @@ def evaluate(
             else:
                 spec = None if label == "clean" else applied.spec(label)
                 robust = _run_stage(store, run.id, protocol, model, label, eps, spec, x, y, ids, robust,
-                                    bs, make, detector)
+                                    bs, attack_factory, detector, context)
             state[-1.0 if label == "clean" else eps] = robust.clone()
             finished += 1
             if progress is not None:
@@ -167,7 +162,8 @@ def evaluate(
                 if base is None:
                     raise BenchError(f"{protocol.name}: extra {extra.label} needs survivors at eps {extra.eps}, "
                                      "which is not on the grid")
-                run_extra(store, run.id, protocol, model, extra, x, y, ids, base, bs, make, detector)
+                run_extra(store, run.id, protocol, model, extra, x, y, ids, base, bs, attack_factory, detector,
+                          context)
             finished += 1
             if progress is not None:
                 progress(extra.label, extra.row_eps, finished, total)
@@ -176,7 +172,8 @@ def evaluate(
 
 def _run_stage(store: Store, run_id: int, protocol: Protocol, model: PassCounter, label: str, eps: float,
                spec, x: torch.Tensor, y: torch.Tensor, ids: torch.Tensor, robust: torch.Tensor, bs: int,
-               attack_factory: AttackFactory, detector: DetectorRule | None = None) -> torch.Tensor:
+               attack_factory: AttackFactory, detector: DetectorRule | None = None,
+               context: AttackContext | None = None) -> torch.Tensor:
     t0 = time.perf_counter()
     model.reset()
     n = x.shape[0]
@@ -214,7 +211,7 @@ def _run_stage(store: Store, run_id: int, protocol: Protocol, model: PassCounter
     if idx.numel():
         attack = attack_factory(spec.kind, dict(spec.params), spec.seed)
         xs, ys = x[idx.to(x.device)], y[idx.to(x.device)]
-        out = attack.run(model, xs, ys, [eps], sample_ids=ids[idx], batch_size=bs)
+        out = attack.run(model, xs, ys, [eps], sample_ids=ids[idx], batch_size=bs, context=context)
         n_fwd, n_bwd = model.reset()
         x_adv = out.x_adv[0].detach().to(x.device)
         check_bounds(x_adv, xs, eps, label)

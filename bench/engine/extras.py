@@ -18,6 +18,7 @@ from collections.abc import Callable
 import torch
 
 from attacks.base import Attack, PassCounter
+from attacks.context import AttackContext
 from bench.engine.verify import DetectorRule, adversarial_verdict, check_bounds
 from bench.errors import AttackContractError
 from bench.protocol.protocols import ExtraSpec, Protocol
@@ -37,8 +38,10 @@ def distances(x_adv: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch
 
 def run_extra(store: Store, run_id: int, protocol: Protocol, model: PassCounter, spec: ExtraSpec,
               x: torch.Tensor, y: torch.Tensor, ids: torch.Tensor, base: torch.Tensor, bs: int,
-              make: Callable[[str, dict, int], Attack], detector: DetectorRule | None) -> None:
-    """Run one extra on one chunk and store its stage and rows in one transaction."""
+              make: Callable[[str, dict, int], Attack], detector: DetectorRule | None,
+              context: AttackContext | None = None) -> None:
+    """Run one extra on one chunk and store its stage and rows in one transaction (``context``: what the
+    attack may use besides the model, e.g. the detector threshold)."""
     t0 = time.perf_counter()
     model.reset()
     in_range = ids < spec.max_samples if spec.max_samples is not None else torch.ones_like(ids, dtype=torch.bool)
@@ -55,11 +58,14 @@ def run_extra(store: Store, run_id: int, protocol: Protocol, model: PassCounter,
         attack = make(spec.kind, dict(spec.params), spec.seed)
         xs, ys = x[idx.to(x.device)], y[idx.to(x.device)]
         if spec.mode == "probe":
-            x_adv = attack.run(model, xs, ys, [float(spec.eps or 0.0)], sample_ids=ids[idx], batch_size=bs).x_adv[0]
+            x_adv = attack.run(model, xs, ys, [float(spec.eps or 0.0)], sample_ids=ids[idx], batch_size=bs,
+                               context=context).x_adv[0]
         elif spec.mode == "min-norm":
-            x_adv = attack.run_min_norm(model, xs, ys, sample_ids=ids[idx], batch_size=bs).x_adv  # type: ignore[attr-defined]
+            x_adv = attack.run_min_norm(model, xs, ys, sample_ids=ids[idx], batch_size=bs,  # type: ignore[attr-defined]
+                                        context=context).x_adv
         else:
-            x_adv = attack.run_l0(model, xs, ys, sample_ids=ids[idx], batch_size=bs).x_adv  # type: ignore[attr-defined]
+            x_adv = attack.run_l0(model, xs, ys, sample_ids=ids[idx], batch_size=bs,  # type: ignore[attr-defined]
+                                  context=context).x_adv
         n_fwd, n_bwd = model.reset()
         x_adv = x_adv.detach().to(x.device)
         check_bounds(x_adv, xs, spec.eps, spec.label)

@@ -19,6 +19,7 @@ from rich.table import Table
 
 from attacks import PGD, AutoAttackStandard
 from attacks.base import PassCounter, derive_seed, prepare_model
+from attacks.library import quiet_library
 from bench.models.checkpoints import build_model, checkpoint_path, load_checkpoint
 from bench.protocol.data import load_split
 from bench.store.workspace import Workspace
@@ -87,7 +88,7 @@ def run_perf(entry: Entry, dataset: str, batch: int, eps: float, budget: str, ws
     seed = derive_seed(3, "autoattack", float(eps), 0) % (2**31)
 
     def direct() -> None:  # pyautoattack's own cascade, configured exactly as our stage
-        with torch.random.fork_rng(devices=[]):
+        with torch.random.fork_rng(devices=[]), quiet_library(aa.library_messages):
             aa.make(counter, eps, seed, dev).run_standard_evaluation(x, y, batch_size=batch)
 
     theirs = probe("pyautoattack direct", direct)
@@ -115,7 +116,7 @@ def _fab_freeze_probe(aa: AutoAttackStandard, model: torch.nn.Module, x: torch.T
         fab = aa.make(model, eps, seed, dev).fab
         fab.targeted, fab.n_restarts, fab.seed = True, 1, seed
         t0 = time.perf_counter()
-        with torch.random.fork_rng(devices=[]):
+        with torch.random.fork_rng(devices=[]), quiet_library(aa.library_messages):
             outputs.append(fab.perturb(x, y))
         seconds.append(time.perf_counter() - t0)
     for p in model.parameters():
