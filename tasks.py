@@ -71,7 +71,9 @@ def test_slow() -> None:
 
 
 def lint() -> None:
+    """ruff on everything, mypy on bench's packages (as .ci/run)."""
     sh(str(BIN / "ruff"), "check", ".")
+    sh(str(BIN / "mypy"))
 
 
 def perf() -> None:

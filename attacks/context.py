@@ -3,8 +3,9 @@
 Some attacks need more than the model: a transfer attack needs surrogate models (and a cache for
 the inputs it crafts), a detector-aware attack needs the threshold the engine rejects inputs above.
 The engine and the checks pass these in an :class:`AttackContext` on every ``run``, instead of
-probing the attack with ``hasattr`` and binding state onto it: attacks stay stateless between
-calls, and what each call may use is visible at the call site. An attack reads only the fields it
+probing the attack with ``hasattr`` and binding state onto it: no capability is bound onto an
+attack between calls (only diagnostics accumulate, such as a library's captured messages or
+AutoAttack's timings), and what each call may use is visible at the call site. An attack reads only the fields it
 needs and ignores the others; a missing field it needs is an error it raises before any work.
 
 Example::

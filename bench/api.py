@@ -10,24 +10,31 @@ A model in, a report out::
     print(report.clean_accuracy, report.worst_case, [f.name for f in report.flags])
 
 ``evaluate`` takes a bare ``nn.Module`` (images in [0, 1] to logits), a registered entry id or an
-:class:`registry.Entry`. A bare model is stored in an in-memory database unless ``store`` is given;
-an entry in its workspace's database (``home``: ``$GAUNTLET_HOME`` or ``./gauntlet-out``), as the
-CLI does. Every stage resumes exactly: evaluating again finishes what is missing and reuses the rest.
-Errors meant for the user are :class:`bench.errors.BenchError` (and the registry's
-:class:`registry.errors.EntryError`): one line, no traceback needed.
+:class:`registry.Entry`. A bare model is evaluated as a copy (the one passed in is left as it is) and
+stored in an in-memory database unless ``store`` is given; an entry in its workspace's database
+(``home``: ``$GAUNTLET_HOME`` or ``./gauntlet-out``), as the CLI does. In a persistent store every
+stage resumes exactly: evaluating again finishes what is missing and reuses the rest. A bare model's
+run is keyed by its name, its weights and every submodule's class and plain attributes. Every error
+meant for the user is a :class:`bench.errors.BenchError` with a one-line message (the registry's and
+the defenses' own errors are converted).
 """
 
 from __future__ import annotations
 
+import copy
+import functools
+import hashlib
 import os
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any, TypeVar, cast
 
+import torch
 from torch import nn
 
-from bench.errors import BenchError
+from bench.errors import BenchError, user_errors
 from bench.orchestration import jobs
 from bench.orchestration.pool import PoolContext, Task, default_jobs, plan, run_plan, usable_cpus
 from bench.protocol.protocols import Protocol, get_protocol
@@ -38,6 +45,22 @@ from bench.store.workspace import Workspace
 from registry.entry import Entry, Paper
 
 IN_MEMORY = "sqlite://"
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _one_error_type(fn: F) -> F:
+    """Raise every user-facing error (the registry's EntryError, the defenses' DefenseError) as BenchError."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except BenchError:
+            raise
+        except user_errors() as exc:
+            raise BenchError(str(exc)) from None
+
+    return cast(F, wrapper)
 ProgressFn = Callable[[str, float, int, int], None]
 ChecksFn = Callable[[int, str, float], None]
 
@@ -69,6 +92,7 @@ def open_store(store: Store | str | os.PathLike[str] | None = None, *, home: str
     return Store(store or default or Workspace.resolve(home).db_url)
 
 
+@_one_error_type
 def report(run_id: int, *, store: Store | str | None = None, home: str | os.PathLike[str] | None = None
            ) -> RunReport:
     """The report of a stored run."""
@@ -76,6 +100,7 @@ def report(run_id: int, *, store: Store | str | None = None, home: str | os.Path
     return RunReport.from_summary(summarize(st, st.run(run_id)))
 
 
+@_one_error_type
 def reports(entry_id: str | None = None, *, store: Store | str | None = None,
             home: str | os.PathLike[str] | None = None) -> list[RunReport]:
     """The reports of every stored run (of ``entry_id`` only, when given), in run order."""
@@ -84,6 +109,7 @@ def reports(entry_id: str | None = None, *, store: Store | str | None = None,
             if entry_id is None or run.entry_id == entry_id]
 
 
+@_one_error_type
 def entries(*, home: str | os.PathLike[str] | None = None) -> dict[str, Entry]:
     """Every registered entry: the built-in ones and those submitted to the workspace."""
     from registry import all_entries
@@ -91,17 +117,20 @@ def entries(*, home: str | os.PathLike[str] | None = None) -> dict[str, Entry]:
     return all_entries(Workspace.resolve(home).submissions)
 
 
+@_one_error_type
 def entry(entry_id: str, *, home: str | os.PathLike[str] | None = None) -> Entry:
     """One registered entry (a one-line error naming the known ones when there is none)."""
     return jobs.lookup(Workspace.resolve(home), entry_id)
 
 
+@_one_error_type
 def entries_for(protocol: str | Protocol, *, home: str | os.PathLike[str] | None = None) -> list[str]:
     """Every entry with a model for the protocol's dataset (the benchmark's own surrogate excluded)."""
     dataset = _protocol(protocol).dataset
     return [e.id for e in entries(home=home).values() if dataset in e.architectures and e.id != "surrogate-pgd"]
 
 
+@_one_error_type
 def submit(file: str | os.PathLike[str], *, home: str | os.PathLike[str] | None = None) -> list[Entry]:
     """Register the entries a submission file declares (copied into the workspace's submissions)."""
     from registry import submit_file
@@ -127,11 +156,22 @@ def _protocol(protocol: str | Protocol) -> Protocol:
     return protocol if isinstance(protocol, Protocol) else get_protocol(protocol)
 
 
-def _entry(ws: Workspace, model_or_entry: nn.Module | str | Entry, dataset: str, name: str | None,
+def _entry(ws: Workspace, model_or_entry: nn.Module | str | Entry, proto: Protocol, name: str | None,
            randomized: bool, adaptive: Sequence[str]) -> tuple[Entry, bool]:
-    """(entry, is a bare model)."""
+    """(entry, is a bare model). A bare model is copied, so that the engine's preparation (eval mode,
+    frozen parameters, device, memory layout) leaves the caller's model untouched."""
     if isinstance(model_or_entry, nn.Module):
-        return model_entry(model_or_entry, dataset, name=name, randomized=randomized, adaptive=adaptive), True
+        known = {a.name for a in proto.adaptive}
+        unknown = sorted(set(adaptive) - known)
+        if unknown:
+            raise BenchError(f"protocol {proto.name} has no adaptive attack {', '.join(unknown)}; "
+                             f"known: {', '.join(sorted(known)) or 'none'}")
+        try:
+            model = copy.deepcopy(model_or_entry)
+        except Exception as exc:
+            raise BenchError(f"the model cannot be copied for evaluation (copy.deepcopy: {type(exc).__name__}: "
+                             f"{exc})".splitlines()[0]) from None
+        return model_entry(model, proto.dataset, name=name, randomized=randomized, adaptive=adaptive), True
     if randomized or adaptive:
         raise BenchError("randomized and adaptive describe a bare model; an entry declares them itself")
     if isinstance(model_or_entry, Entry):
@@ -141,6 +181,7 @@ def _entry(ws: Workspace, model_or_entry: nn.Module | str | Entry, dataset: str,
     raise BenchError(f"evaluate takes an nn.Module, an entry id or an Entry, not {type(model_or_entry).__name__}")
 
 
+@_one_error_type
 def evaluate(model_or_entry: nn.Module | str | Entry, protocol: str | Protocol = "mnist-linf-quick-v1", *,
              store: Store | str | None = None, home: str | os.PathLike[str] | None = None,
              name: str | None = None, randomized: bool = False, adaptive: Sequence[str] = (),
@@ -160,9 +201,11 @@ def evaluate(model_or_entry: nn.Module | str | Entry, protocol: str | Protocol =
     """
     ws = Workspace.resolve(home)
     proto = _protocol(protocol)
-    entry, bare = _entry(ws, model_or_entry, proto.dataset, name, randomized, adaptive)
+    entry, bare = _entry(ws, model_or_entry, proto, name, randomized, adaptive)
     st = open_store(store, home=home, default=IN_MEMORY if bare else None)
     proto, target = jobs.target_for(ws, entry, proto, budget, seed, checkpoint)
+    if bare:
+        target = _bare_target(target, proto, data_dir)
     run_id = jobs.evaluate_target(ws, st, proto, target, data_dir=data_dir, device=device, start=start, stop=stop,
                                   batch_size=batch_size, progress=progress, on_train=on_train)
     if checks and summarize(st, st.run(run_id)).complete:
@@ -180,6 +223,40 @@ def _check(st: Store, run_id: int, model: nn.Module, *, data_dir: str | None, de
         on_checks(run_id, verdict, time.perf_counter() - t0)
 
 
+def _structure(model: nn.Module) -> str:
+    """Every submodule's name, class and plain attributes (not its weights), as text."""
+    parts = []
+    for path, m in model.named_modules():
+        attrs = {k: repr(v) for k, v in sorted(vars(m).items()) if not k.startswith("_") and k != "training"}
+        parts.append(f"{path}:{type(m).__module__}.{type(m).__qualname__}:{attrs}")
+    return "\n".join(parts)
+
+
+def _bare_target(target: Any, proto: Protocol, data_dir: str | None) -> Any:
+    """A bare model's target, checked on two test images and keyed by more than its weights.
+
+    The engine keys a run by (entry id, protocol fingerprint, weights sha256). Two bare models with the
+    same name and weights but other classes or settings (two parameter-free models, say) would share a
+    run, so every submodule's class and plain attributes join the key.
+    """
+    from bench.protocol.data import load_split
+
+    model = target.model
+    x = load_split(proto.dataset, proto.split, data_dir)[0][:2]
+    try:
+        with torch.no_grad(), torch.random.fork_rng(devices=[]):  # a randomized model's draws stay as they were
+            out = model.eval()(x)
+    except Exception as exc:
+        raise BenchError(f"the model fails on two {proto.dataset} test images {tuple(x.shape)}: "
+                         f"{type(exc).__name__}: {exc}".splitlines()[0]) from None
+    if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[0] != 2 or out.shape[1] < 2:
+        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise BenchError(f"the model must map images {tuple(x.shape)} to logits of shape (2, classes), not {shape}")
+    ident = hashlib.sha256(f"{target.weights_sha256}|{_structure(model)}".encode()).hexdigest()
+    return replace(target, weights_sha256=ident)
+
+
+@_one_error_type
 def check(model_or_entry: nn.Module | str | Entry, protocol: str | Protocol = "mnist-linf-quick-v1", *,
           store: Store | str | None = None, home: str | os.PathLike[str] | None = None, name: str | None = None,
           budget: str = "quick", seed: int = 0, checkpoint: str | None = None, data_dir: str | None = None,
@@ -188,17 +265,20 @@ def check(model_or_entry: nn.Module | str | Entry, protocol: str | Protocol = "m
     """(Re-)run the sanity checks of a complete stored run and return its report."""
     ws = Workspace.resolve(home)
     proto = _protocol(protocol)
-    entry, bare = _entry(ws, model_or_entry, proto.dataset, name, False, ())
+    entry, bare = _entry(ws, model_or_entry, proto, name, False, ())
     if bare and store is None:
         raise BenchError("check a bare model in the store it was evaluated in (store=...)")
     st = open_store(store, home=home)
     proto, target = jobs.target_for(ws, entry, proto, budget, seed, checkpoint)
+    if bare:
+        target = _bare_target(target, proto, data_dir)
     run = jobs.run_of(st, proto, target)
     _check(st, run.id, target.model, data_dir=data_dir, device=device, batch_size=batch_size, force=force,
            progress=progress, on_checks=on_checks)
     return report(run.id, store=st)
 
 
+@_one_error_type
 def train(entry: str, dataset: str = "mnist", budget: str = "quick", seed: int = 0, *,
           home: str | os.PathLike[str] | None = None, data_dir: str | None = None, device: str = "cpu",
           force: bool = False, on_step: Callable[[int, int, float], None] | None = None) -> Trained:
@@ -213,6 +293,7 @@ def train(entry: str, dataset: str = "mnist", budget: str = "quick", seed: int =
     return Trained(jobs.trained_entry_id(ws, entry), ckpt.path, ckpt.sha256, reused, dict(ckpt.metadata))
 
 
+@_one_error_type
 def leaderboard(*, store: Store | str | None = None, home: str | os.PathLike[str] | None = None,
                 out: str | os.PathLike[str] | None = None) -> Path:
     """Build the static site from the stored runs; returns the path of its index.html."""
@@ -222,6 +303,7 @@ def leaderboard(*, store: Store | str | None = None, home: str | os.PathLike[str
     return build_site(open_store(store, home=home), Path(out).resolve() if out else ws.site, entries(home=home))
 
 
+@_one_error_type
 def export(fmt: str = "json", *, store: Store | str | None = None, home: str | os.PathLike[str] | None = None,
            out: str | os.PathLike[str] | None = None) -> list[Path]:
     """Write one RobustBench-style JSON file (``fmt="json"``) or per-sample CSV file (``"csv"``) per run."""
@@ -231,6 +313,7 @@ def export(fmt: str = "json", *, store: Store | str | None = None, home: str | o
     return export_runs(open_store(store, home=home), entries(home=home) if fmt == "json" else {}, folder, fmt)
 
 
+@_one_error_type
 def demo_plan(entry_ids: Sequence[str], protocol: str, budget: str = "quick", seed: int = 0, *,
               home: str | os.PathLike[str] | None = None) -> dict[Task, set[Task]]:
     """The demo's tasks (train, evaluate each chunk, check), each with the tasks it waits for."""
@@ -240,6 +323,7 @@ def demo_plan(entry_ids: Sequence[str], protocol: str, budget: str = "quick", se
     return plan(ws, list(entry_ids), protocol, budget, seed)
 
 
+@_one_error_type
 def demo(entry_ids: Sequence[str] | None = None, *, protocol: str = "mnist-linf-quick-v1", budget: str = "quick",
          seed: int = 0, jobs_: int = 0, home: str | os.PathLike[str] | None = None, db: str | None = None,
          data_dir: str | None = None, device: str = "cpu", download: bool = False,
@@ -262,7 +346,7 @@ def demo(entry_ids: Sequence[str] | None = None, *, protocol: str = "mnist-linf-
     if n > 1 and normalize_url(db or ws.db_url) in ("sqlite://", "sqlite:///:memory:"):
         n = 1  # an in-memory database lives in one process
     st = open_store(db, home=home)  # creates or upgrades the schema once: workers opening a new database would race
-    threads = max(1, usable_cpus() // n)
+    threads = max(1, usable_cpus() // n) if n > 1 else torch.get_num_threads()  # in-process: as it is set
     ctx = PoolContext(str(ws.root), db, protocol, data_dir, device, threads, download)
     if on_start is not None:
         on_start(len(tasks), n, threads)

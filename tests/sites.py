@@ -1,6 +1,6 @@
 """Hand-written stores for the site tests: runs whose stored rows give known figures, and entries.
 
-The rows follow the cascade's bookkeeping (see :func:`add_run`) so :func:`bench.store.summary.summarize`
+The rows follow the cascade's bookkeeping (see :func:`add_run`) so :func:`bench.report.summary.summarize`
 reads back the intended accuracies. Any run column can be overridden, which is how the XSS tests
 store hostile text in fields that never pass ``bench submit`` (protocol name and JSON, provenance).
 """

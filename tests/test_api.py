@@ -71,8 +71,46 @@ def test_bare_model_resumes_in_a_given_store(tmp_path: Path, workspace: Path) ->
     assert [r.run_id for r in api.reports("lin", store=store)] == [first.run_id]
 
 
+class Scale(nn.Module):
+    """A parameter-free model: flatten and scale (its identity cannot come from weights)."""
+
+    def __init__(self, factor: float) -> None:
+        super().__init__()
+        self.factor = factor
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.factor * x.flatten(1)[:, :10]
+
+
+def test_the_callers_model_is_left_as_it_was(workspace: Path) -> None:
+    model = nn.Sequential(nn.Flatten(), nn.Linear(784, 10)).train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    api.evaluate(model, "mnist-linf-tiny-v1", stop=20, checks=False)
+    assert model.training and all(p.requires_grad for p in model.parameters())  # not frozen, not in eval mode
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_parameter_free_models_do_not_share_a_run(tmp_path: Path, workspace: Path) -> None:
+    db = str(tmp_path / "runs.db")
+    plus = api.evaluate(Scale(1.0), "mnist-linf-tiny-v1", store=db, stop=20, checks=False)
+    minus = api.evaluate(Scale(-1.0), "mnist-linf-tiny-v1", store=db, stop=20, checks=False)
+    assert plus.run_id != minus.run_id  # same name, no weights: their settings tell them apart
+    again = api.evaluate(Scale(1.0), "mnist-linf-tiny-v1", store=db, stop=20, checks=False)
+    assert again.run_id == plus.run_id and again.cells == plus.cells  # the same model resumes its run
+
+
 def test_bad_input_is_a_one_line_error(workspace: Path) -> None:
     model = nn.Sequential(nn.Flatten(), nn.Linear(784, 10))
+    with pytest.raises(BenchError, match="unknown entry 'no-such-entry'"):
+        api.evaluate("no-such-entry", "mnist-linf-tiny-v1")
+    with pytest.raises(BenchError, match=r"logits of shape \(2, classes\), not \(2, 1, 28, 28\)"):
+        api.evaluate(nn.Identity(), "mnist-linf-tiny-v1", name="images")
+    with pytest.raises(BenchError, match=r"not \(2, 1\)"):
+        api.evaluate(nn.Sequential(nn.Flatten(), nn.Linear(784, 1)), "mnist-linf-tiny-v1")
+    with pytest.raises(BenchError, match="fails on two mnist test images"):
+        api.evaluate(nn.Linear(3, 10), "mnist-linf-tiny-v1")
+    with pytest.raises(BenchError, match="no adaptive attack bpda; known: none"):
+        api.evaluate(model, "mnist-linf-tiny-v1", adaptive=("bpda",))
     with pytest.raises(BenchError, match="entry id 'Not OK'"):
         api.evaluate(model, "mnist-linf-tiny-v1", name="Not OK")
     with pytest.raises(BenchError, match="unknown protocol"):

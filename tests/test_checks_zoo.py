@@ -5,7 +5,7 @@ MNIST training images). The broken ones wrap it: an input-quantising layer and a
 (zero input gradients), a softmax output (probabilities), Gaussian input noise on every pass
 (randomized, not declared), and logits scaled by 1,000 (a saturated softmax: the cross-entropy
 gradient underflows to exactly zero). Each is evaluated under a small protocol with the engine,
-then checked with the same code `bench evaluate` runs.
+then checked with the same code `bench evaluate` runs: the Python API.
 """
 
 from __future__ import annotations
@@ -16,12 +16,11 @@ import pytest
 import torch
 from torch import nn
 
-from bench.checks.suite import run_checks
-from bench.engine.evaluate import EvalTarget, evaluate
+from bench import api
+from bench.checks.suite import CHECKS
 from bench.protocol.protocols import AttackSpec, Protocol
 from bench.report.summary import summarize
 from bench.store.database import Store
-from registry import get_entry
 
 EPS = (0.05, 0.1, 0.15, 0.2)
 ZOO_PROTOCOL = Protocol(
@@ -95,13 +94,13 @@ class Saturated(Quantise):
 
 
 def _checked(tmp_path: Path, model: nn.Module, name: str) -> dict[str, str]:
+    """Evaluate and check the model through the Python API, as a defense author would."""
     store = Store(tmp_path / f"{name}.db")
-    run_id = evaluate(store, EvalTarget(get_entry("standard"), model, name, "test", 0), ZOO_PROTOCOL)
-    results = run_checks(store, run_id, model)
-    s = summarize(store, store.runs()[0])
-    assert {c.name for c in s.checks} == {r.name for r in results}  # stored and read back
-    assert s.unreliable == any(r.failed and r.severity == "unreliable" for r in results)
-    return {r.name: r.status for r in results}
+    report = api.evaluate(model, ZOO_PROTOCOL, store=store, name=name.lower())
+    s = summarize(store, store.run(report.run_id))
+    assert {c.name for c in s.checks} == {c.name for c in report.checks} == set(CHECKS)  # stored and read back
+    assert s.unreliable == report.unreliable == any(c.failed and c.severity == "unreliable" for c in report.checks)
+    return {c.name: c.status for c in report.checks}
 
 
 def test_honest_adversarially_trained_model_trips_no_check(tmp_path: Path, honest: nn.Module, one_thread) -> None:

@@ -12,7 +12,7 @@ import torch
 from attacks import make_attack
 from attacks.min_norm import MinNormOutput
 from bench.engine.evaluate import EvalTarget, evaluate
-from bench.errors import AttackContractError
+from bench.errors import AttackContractError, BenchError
 from bench.protocol.protocols import PROTOCOLS, AdaptiveSpec, AttackSpec, ExtraSpec, get_protocol
 from bench.report.summary import summarize
 from bench.store.database import Store
@@ -126,6 +126,8 @@ def test_extras_and_transfer_run_verified_and_stay_out_of_the_worst_case(tmp_pat
 
 
 class _OverBudgetL0:
+    family, norm = "minimum-norm", "l0"  # as JSMA declares
+
     def run_l0(self, model, x, y, sample_ids=None, batch_size=None, context=None) -> MinNormOutput:
         x_adv = x.clone()
         x_adv.view(x.shape[0], -1)[:, :100] = 1.0 - x_adv.view(x.shape[0], -1)[:, :100]
@@ -142,3 +144,11 @@ def test_an_l0_attack_over_its_budget_is_refused(tmp_path: Path, linear_mnist: L
     with pytest.raises(AttackContractError, match="L0 budget"):
         evaluate(Store(tmp_path / "l0.db"), EvalTarget(get_entry("standard"), linear_mnist, "w", "t", 0), protocol,
                  attack_factory=factory)
+
+
+def test_a_fixed_budget_attack_in_a_min_norm_extra_is_a_clear_error(tmp_path: Path, linear_mnist: Linear) -> None:
+    """The family is read from the attack's class: a fixed-budget attack has no minimal distance to report."""
+    base = small_protocol(n=20, chunk=20, eps=(0.0, 0.1), steps=2)
+    protocol = replace(base, extras=(ExtraSpec("fgsm-min", "fgsm", "min-norm", {}),))
+    with pytest.raises(BenchError, match="extra fgsm-min \\(min-norm\\) needs a minimum-norm attack, not 'fgsm'"):
+        evaluate(Store(tmp_path / "mn.db"), EvalTarget(get_entry("standard"), linear_mnist, "w", "t", 0), protocol)

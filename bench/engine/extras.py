@@ -14,13 +14,16 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
+from typing import cast
 
 import torch
 
 from attacks.base import Attack, PassCounter
 from attacks.context import AttackContext
+from attacks.jsma import JSMA
+from attacks.min_norm import MinimumNormAttack
 from bench.engine.verify import DetectorRule, adversarial_verdict, check_bounds
-from bench.errors import AttackContractError
+from bench.errors import AttackContractError, BenchError
 from bench.protocol.protocols import ExtraSpec, Protocol
 from bench.store.database import Result, Stage, Store
 
@@ -60,12 +63,15 @@ def run_extra(store: Store, run_id: int, protocol: Protocol, model: PassCounter,
         if spec.mode == "probe":
             x_adv = attack.run(model, xs, ys, [float(spec.eps or 0.0)], sample_ids=ids[idx], batch_size=bs,
                                context=context).x_adv[0]
-        elif spec.mode == "min-norm":
-            x_adv = attack.run_min_norm(model, xs, ys, sample_ids=ids[idx], batch_size=bs,  # type: ignore[attr-defined]
-                                        context=context).x_adv
+        elif getattr(attack, "family", None) != "minimum-norm" or (spec.mode == "l0") != (attack.norm == "l0"):
+            raise BenchError(f"{protocol.name}: extra {spec.label} ({spec.mode}) needs a minimum-norm attack"
+                             f"{' with an L0 budget' if spec.mode == 'l0' else ''}, not {spec.kind!r}")
+        elif spec.mode == "min-norm":  # the family's declaration (attacks.min_norm) says it has these
+            x_adv = cast(MinimumNormAttack, attack).run_min_norm(model, xs, ys, sample_ids=ids[idx], batch_size=bs,
+                                                                 context=context).x_adv
         else:
-            x_adv = attack.run_l0(model, xs, ys, sample_ids=ids[idx], batch_size=bs,  # type: ignore[attr-defined]
-                                  context=context).x_adv
+            x_adv = cast(JSMA, attack).run_l0(model, xs, ys, sample_ids=ids[idx], batch_size=bs,
+                                              context=context).x_adv
         n_fwd, n_bwd = model.reset()
         x_adv = x_adv.detach().to(x.device)
         check_bounds(x_adv, xs, spec.eps, spec.label)

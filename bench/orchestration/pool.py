@@ -1,6 +1,7 @@
-"""Run a batch of train / evaluate / check work in worker processes, each with its own torch threads.
+"""Run the plan's train / evaluate / check tasks: in this process (one job) or in worker processes,
+each with its own torch threads. Both run every task through the same ``_run_task``.
 
-Why: torch's intra-op threads do not scale linearly on MNIST-sized work (on a 2-core machine the
+Why a pool: torch's intra-op threads do not scale linearly on MNIST-sized work (on a 2-core machine the
 demo's training and attacks run about 1.6x faster on two threads than on one), while separate
 one-thread processes do. So ``bench demo`` splits its work into a small dependency graph and runs
 it on a process pool:
@@ -148,8 +149,10 @@ def run_in_process(deps: dict[Task, set[Task]], ctx: PoolContext,
 
     One store serves every task (``store``, else the context's database), so an in-memory database works.
     """
+    from bench.protocol.data import allow_download
     from bench.store.database import Store
 
+    allow_download(ctx.download)  # as a pool worker's initializer does (threads: this process's, as set)
     store = store if store is not None else Store(ctx.db or Workspace.resolve(ctx.home).db_url)
     done: dict[Task, int | None] = {}
     for task, needs in deps.items():

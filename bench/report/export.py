@@ -13,7 +13,7 @@ Gauntlet's numbers drop into tools that read those files, with two differences:
 
 Added keys: ``worst_case_acc`` (worst case over the cascade at the primary eps), ``ranked_acc``
 (that worst case with the samples the sanity checks exposed counted as broken, see
-:attr:`bench.store.summary.CheckedSummary.ranked_worst`), ``flags`` (failed check names, unreliable first) and
+:attr:`bench.report.summary.CheckedSummary.ranked_worst`), ``flags`` (failed check names, unreliable first) and
 ``gauntlet`` (provenance: run id, entry, protocol and fingerprint, checkpoint hash, code version,
 budget, seeds, sample counts, worst case per eps). Accuracies are percentages, unrounded; a
 figure that was not measured (AutoAttack not in the protocol, no row at the primary eps) is null.
