@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -91,7 +91,7 @@ def bpda_patched(model: nn.Module) -> Iterator[list[nn.Module]]:
         for module in bpda_modules(model):
             had = "forward" in module.__dict__
             saved.append((module, had, module.__dict__.get("forward")))
-            module.forward = _straight_through(module.forward, module.bpda_approx)  # type: ignore[method-assign]
+            module.forward = _straight_through(module.forward, cast(Any, module).bpda_approx)  # type: ignore[method-assign]
         yield [m for m, _, _ in saved]
     finally:
         for module, had, original in reversed(saved):

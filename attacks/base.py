@@ -181,9 +181,9 @@ def stack_output(x: torch.Tensor, per_eps: Sequence[BatchResult]) -> AttackOutpu
     """The (K, N, ...) output of K per-epsilon results; ``detail`` is None unless some epsilon has one."""
     if not per_eps:
         return AttackOutput(x_adv=x.new_zeros((0, *x.shape)), success=torch.zeros(0, x.shape[0], dtype=torch.bool))
-    details = None
+    details: list[list[str | None]] | None = None
     if any(r.detail is not None for r in per_eps):
-        details = [r.detail if r.detail is not None else [None] * r.x_adv.shape[0] for r in per_eps]
+        details = [r.detail if r.detail is not None else [None for _ in range(r.x_adv.shape[0])] for r in per_eps]
     return AttackOutput(x_adv=torch.stack([r.x_adv for r in per_eps]).detach(),
                         success=torch.stack([r.success for r in per_eps]), detail=details)
 

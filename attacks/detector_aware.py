@@ -56,6 +56,7 @@ Example::
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -123,7 +124,7 @@ class DetectorAwarePGD(Attack):
         margin = margin_loss(logits, y)
         if self.kappa is not None:
             margin = margin.clamp(max=self.kappa)
-        score = torch.nan_to_num(detector.detector_score(xa).to(margin.dtype), nan=float("inf"))
+        score = torch.nan_to_num(cast(Any, detector).detector_score(xa).to(margin.dtype), nan=float("inf"))
         penalty = torch.relu(score - threshold + self.slack).clamp(max=PENALTY_CAP)
         ok = (logits.argmax(1) != y) & (score <= threshold)  # misclassified and not rejected
         return margin, penalty, ok

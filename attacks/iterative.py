@@ -33,6 +33,7 @@ Example: ``BIM(steps=10).run(model, x, y, [0.1, 0.3])``;
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from typing import ClassVar
 
@@ -153,6 +154,11 @@ def smoothed_ce(logits: torch.Tensor, y: torch.Tensor, gamma: float) -> torch.Te
     return -(1 - gamma) * logp.gather(1, y[:, None]).squeeze(1) - gamma / k * logp.sum(1)
 
 
+def _smoothed_objective(logits: torch.Tensor, y: torch.Tensor, _aux: torch.Tensor, *, gamma: float) -> torch.Tensor:
+    """:func:`smoothed_ce` as a level-search objective (which also passes the per-sample extras)."""
+    return smoothed_ce(logits, y, gamma)
+
+
 class LabelSmoothedPGD(_Iterative):
     """PGD on the label-smoothed CE, sweeping gamma; the first gamma that breaks a sample wins."""
 
@@ -194,7 +200,7 @@ class LabelSmoothedPGD(_Iterative):
                     start = xb
                 adv, level, margin = level_search(
                     model, xb, yb, yb, start, eps, self.alpha(eps), self.steps,
-                    lambda logits, yy, _aux, g=gamma: smoothed_ce(logits, yy, g))
+                    functools.partial(_smoothed_objective, gamma=gamma))
                 broke = level >= 1
                 better = broke | (margin > best_margin[idx])
                 best_x[idx[better]] = adv[better]

@@ -69,6 +69,7 @@ class PGD(Attack):
                        active=active) -> None:
                 # first success wins; otherwise keep the highest-loss iterate
                 at = active[rows]
+                assert s.success is not None  # PGD's objective always says which rows it fooled
                 improve = (s.objective > best_loss[at]) & ~done[at]
                 take = s.success & ~done[at] | improve
                 best_x[at[take]] = xa[take]
