@@ -34,13 +34,15 @@ from typing import Any, TypeVar, cast
 import torch
 from torch import nn
 
+from bench.checks.suite import load_results
 from bench.errors import BenchError, user_errors
 from bench.orchestration import jobs
 from bench.orchestration.pool import PoolContext, Task, default_jobs, plan, run_plan, usable_cpus
 from bench.protocol.protocols import Protocol, get_protocol
 from bench.report.run_report import RunReport
-from bench.report.summary import summarize
+from bench.report.summary import join_checks, summarize
 from bench.store.database import Store, normalize_url
+from bench.store.summary import summarize_rows
 from bench.store.workspace import Workspace
 from registry.entry import Entry, Paper
 
@@ -61,6 +63,8 @@ def _one_error_type(fn: F) -> F:
             raise BenchError(str(exc)) from None
 
     return cast(F, wrapper)
+
+
 ProgressFn = Callable[[str, float, int, int], None]
 ChecksFn = Callable[[int, str, float], None]
 
@@ -199,19 +203,35 @@ def evaluate(model_or_entry: nn.Module | str | Entry, protocol: str | Protocol =
     current suite's are stored (``force_checks`` runs them again); ``on_checks(run id, verdict, seconds)``
     hears how they went.
     """
+    ws, st, proto, target = _target(model_or_entry, protocol, store, home, name, randomized, adaptive, budget, seed,
+                                    checkpoint, data_dir, in_memory=True)
+    run_id = jobs.evaluate_target(ws, st, proto, target, data_dir=data_dir, device=device, start=start, stop=stop,
+                                  batch_size=batch_size, progress=progress, on_train=on_train)
+    rows = summarize_rows(st, st.run(run_id))  # read once: the checks add rows of their own table only
+    if checks and rows.complete:
+        _check(st, run_id, target.model, data_dir=data_dir, device=device, batch_size=batch_size, force=force_checks,
+               progress=check_progress, on_checks=on_checks)
+    return RunReport.from_summary(join_checks(rows, load_results(st, run_id)))
+
+
+def _target(model_or_entry: nn.Module | str | Entry, protocol: str | Protocol, store: Store | str | None,
+            home: str | os.PathLike[str] | None, name: str | None, randomized: bool, adaptive: Sequence[str],
+            budget: str, seed: int, checkpoint: str | None, data_dir: str | None, *, in_memory: bool
+            ) -> tuple[Workspace, Store, Protocol, Any]:
+    """(workspace, store, protocol, evaluated target) of what ``evaluate`` and ``check`` were given.
+
+    A bare model's store defaults to an in-memory one when ``in_memory``; otherwise it must be given.
+    """
     ws = Workspace.resolve(home)
     proto = _protocol(protocol)
     entry, bare = _entry(ws, model_or_entry, proto, name, randomized, adaptive)
+    if bare and store is None and not in_memory:
+        raise BenchError("check a bare model in the store it was evaluated in (store=...)")
     st = open_store(store, home=home, default=IN_MEMORY if bare else None)
     proto, target = jobs.target_for(ws, entry, proto, budget, seed, checkpoint)
     if bare:
         target = _bare_target(target, proto, data_dir)
-    run_id = jobs.evaluate_target(ws, st, proto, target, data_dir=data_dir, device=device, start=start, stop=stop,
-                                  batch_size=batch_size, progress=progress, on_train=on_train)
-    if checks and summarize(st, st.run(run_id)).complete:
-        _check(st, run_id, target.model, data_dir=data_dir, device=device, batch_size=batch_size, force=force_checks,
-               progress=check_progress, on_checks=on_checks)
-    return report(run_id, store=st)
+    return ws, st, proto, target
 
 
 def _check(st: Store, run_id: int, model: nn.Module, *, data_dir: str | None, device: str, batch_size: int | None,
@@ -263,15 +283,8 @@ def check(model_or_entry: nn.Module | str | Entry, protocol: str | Protocol = "m
           device: str = "cpu", batch_size: int | None = None, force: bool = True,
           progress: Callable[[str], None] | None = None, on_checks: ChecksFn | None = None) -> RunReport:
     """(Re-)run the sanity checks of a complete stored run and return its report."""
-    ws = Workspace.resolve(home)
-    proto = _protocol(protocol)
-    entry, bare = _entry(ws, model_or_entry, proto, name, False, ())
-    if bare and store is None:
-        raise BenchError("check a bare model in the store it was evaluated in (store=...)")
-    st = open_store(store, home=home)
-    proto, target = jobs.target_for(ws, entry, proto, budget, seed, checkpoint)
-    if bare:
-        target = _bare_target(target, proto, data_dir)
+    _, st, proto, target = _target(model_or_entry, protocol, store, home, name, False, (), budget, seed, checkpoint,
+                                   data_dir, in_memory=False)
     run = jobs.run_of(st, proto, target)
     _check(st, run.id, target.model, data_dir=data_dir, device=device, batch_size=batch_size, force=force,
            progress=progress, on_checks=on_checks)

@@ -16,6 +16,7 @@ from bench.checks.suite import (
     check_steps,
     check_sweeps,
 )
+from bench.report.run_report import RunReport
 from bench.report.summary import CheckedSummary
 from bench.store.database import Result
 from leaderboard.findings import FAILS, HOLDS, MISSING, UNCLEAR, _better, _worst_metric, noise
@@ -115,3 +116,16 @@ def test_findings_compare_beyond_two_standard_errors() -> None:
     assert _better(behind, "p", "c", "mart", "trades", _worst_metric).status == FAILS
     other_protocols = [_summary("mart", 60.0), _summary("trades", 45.0, protocol="mnist-linf-quick-v2")]
     assert _better(other_protocols, "p", "c", "mart", "trades", _worst_metric).status == MISSING
+
+
+def test_the_report_shows_flags_unreliable_first_and_ranks_as_the_summary() -> None:
+    run = SimpleNamespace(id=7, entry_id="e", protocol="p", fingerprint="f", n_samples=200)
+    checks = [CheckResult("loss-still-moving", "fail", 0.2, "moving"), CheckResult("bad-gradients", "pass", 0.0, "ok"),
+              CheckResult("not-converged", "fail", 2.0, "broke 4", {"exposed_at_primary": [3, 5, 8, 9]}),
+              CheckResult("black-box-wins", "fail", 1.0, "bb")]
+    s = CheckedSummary(run=run, protocol={"primary_eps": 0.3, "epsilons": [0.3], "attacks": []}, n_evaluated=200,
+                       clean_correct=190, cells={}, worst={0.3: 50.0}, complete=True, checks=checks)
+    r = RunReport.from_summary(s)
+    assert [f.name for f in r.flags] == [c.name for c in s.flags] == [
+        "black-box-wins", "not-converged", "loss-still-moving"]  # unreliable ones first, then by name
+    assert r.unreliable and r.ranked_accuracy == pytest.approx(48.0) and r.clean_accuracy == pytest.approx(95.0)

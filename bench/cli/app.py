@@ -18,6 +18,7 @@ from rich.table import Table
 
 from bench import api
 from bench.errors import AttackContractError, BenchError, user_errors
+from bench.report.run_report import RunReport
 from bench.store.workspace import Workspace
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
@@ -137,7 +138,7 @@ def _print_checks(run_id: int, message: str, seconds: float) -> None:
     out.print(f"checks of run {run_id} ({seconds:.0f} s): {message}", highlight=False, markup=False)
 
 
-def _print_report(r: Any) -> None:
+def _print_report(r: RunReport) -> None:
     worst = ", ".join(f"{e:.4g}: {w:.1f}" for e, w in sorted(r.worst_case.items()))
     n_evaluated = r.summary.n_evaluated
     out.print(f"{r.entry_id} on {r.protocol} (run {r.run_id}, {n_evaluated}/{r.n_samples} samples): "

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from bench.report.summary import CheckedSummary
+from bench.report.summary import CheckedSummary, failed_first
 
 
 @dataclass(frozen=True)
@@ -70,21 +70,11 @@ class RunReport:
     @property
     def flags(self) -> tuple[CheckOutcome, ...]:
         """The failed checks, the unreliable ones first."""
-        return tuple(sorted((c for c in self.checks if c.failed), key=lambda c: (c.severity != "unreliable", c.name)))
-
-    @property
-    def robust_accuracy(self) -> float | None:
-        """The worst case at the primary eps."""
-        return self.worst_case.get(self.primary_eps)
+        return tuple(failed_first(self.checks))
 
     def accuracy(self, attack: str, eps: float) -> float | None:
         """Accuracy after ``attack`` at ``eps`` (None when the protocol does not run it there)."""
         return next((c.accuracy for c in self.cells if c.attack == attack and c.eps == eps), None)
-
-    def strongest_attack(self, eps: float) -> AttackCell | None:
-        """The stage that broke the most samples at ``eps`` (None when none ran there)."""
-        at = [c for c in self.cells if c.eps == eps]
-        return max(at, key=lambda c: c.broken) if at else None
 
     @classmethod
     def from_summary(cls, s: CheckedSummary) -> RunReport:

@@ -8,11 +8,33 @@ dependency one-way: store <- checks <- report.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field, fields
+from typing import Protocol, TypeVar
 
 from bench.checks.suite import CheckResult, load_results
 from bench.store.database import Run, Store
 from bench.store.summary import RunSummary, summarize_rows
+
+C = TypeVar("C", bound="CheckLike")
+
+
+class CheckLike(Protocol):
+    """What ordering flags reads of a check: a stored CheckResult or a report's CheckOutcome."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def severity(self) -> str: ...
+
+    @property
+    def failed(self) -> bool: ...
+
+
+def failed_first(checks: Iterable[C]) -> list[C]:
+    """The failed checks, the unreliable ones first, then by name: the order flags are shown in."""
+    return sorted((c for c in checks if c.failed), key=lambda c: (c.severity != "unreliable", c.name))
 
 
 @dataclass
@@ -24,7 +46,7 @@ class CheckedSummary(RunSummary):
     @property
     def flags(self) -> list[CheckResult]:
         """Failed checks, the unreliable ones first."""
-        return sorted((c for c in self.checks if c.failed), key=lambda c: (c.severity != "unreliable", c.name))
+        return failed_first(self.checks)
 
     @property
     def unreliable(self) -> bool:
