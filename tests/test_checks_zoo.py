@@ -1,11 +1,15 @@
 """A zoo of deliberately broken defenses: each must trip its sanity check; an honest model trips none.
 
-All models share one small MLP adversarially trained here in seconds (PGD-AT at eps 0.1 on 3,000
-MNIST training images). The broken ones wrap it: an input-quantising layer and a detached forward
-(zero input gradients), a softmax output (probabilities), Gaussian input noise on every pass
-(randomized, not declared), and logits scaled by 1,000 (a saturated softmax: the cross-entropy
-gradient underflows to exactly zero). Each is evaluated under a small protocol with the engine,
-then checked with the same code `bench evaluate` runs: the Python API.
+All models share one small MLP adversarially trained in seconds (PGD-AT at eps 0.1 on 3,000 MNIST
+training images, :func:`tests.zoo.train_honest`). The broken ones (:mod:`tests.zoo`, which says what
+each does and cites the papers) wrap it: an input-quantising layer and a detached forward (zero input
+gradients), a softmax output (probabilities), Gaussian input noise on every pass (randomized, not
+declared), logits scaled by 1,000 (a saturated softmax: the cross-entropy gradient underflows to
+exactly zero), rounded hidden activations, hard-clamped logit gaps, a test-time denoiser run on a
+detached copy, and a perturbation detector that detaches suspicious inputs (gradients at clean inputs
+are fine, so it is caught by FGSM beating PGD and by the unbounded attack instead). Each is evaluated
+under a small protocol with the engine, then checked with the same code `bench evaluate` runs: the
+Python API.
 """
 
 from __future__ import annotations
@@ -18,79 +22,31 @@ from torch import nn
 
 from bench import api
 from bench.checks.suite import CHECKS
-from bench.protocol.protocols import AttackSpec, Protocol
 from bench.report.summary import summarize
 from bench.store.database import Store
-
-EPS = (0.05, 0.1, 0.15, 0.2)
-ZOO_PROTOCOL = Protocol(
-    "test-zoo", "mnist", "test", 60, "Linf", EPS, 0.1,
-    (AttackSpec("fgsm", "fgsm", {}, seed=0),
-     AttackSpec("pgd-ce", "pgd", {"loss": "ce", "steps": 20, "rel_step_size": 0.1, "restarts": 1,
-                                  "random_start": True}, seed=1),
-     AttackSpec("pgd-cw", "pgd", {"loss": "cw", "steps": 20, "rel_step_size": 0.1, "restarts": 1,
-                                  "random_start": True}, seed=2),
-     AttackSpec("random-search", "random-search", {"n_draws": 200}, seed=3)),
-    chunk_size=60,
+from tests.zoo import (
+    EPS,
+    ZOO_PROTOCOL,
+    ClampedLogits,
+    Detached,
+    DetectorGated,
+    Noisy,
+    Probabilities,
+    Purified,
+    Quantise,
+    Saturated,
+    StepActivation,
+    reference_accuracy,
+    train_honest,
 )
 
-
-def _mlp() -> nn.Module:
-    return nn.Sequential(nn.Flatten(), nn.Linear(784, 128), nn.ReLU(), nn.Linear(128, 10))
+__all__ = ["EPS", "ZOO_PROTOCOL"]
 
 
 @pytest.fixture(scope="module")
 def honest() -> nn.Module:
-    """PGD-AT (eps 0.1, 5 steps of 0.03, random start) for 3 epochs of 3,000 images."""
-    from bench.protocol.data import load_split
-
-    torch.manual_seed(0)
-    x, y = load_split("mnist", "train")
-    x, y = x[:3000], y[:3000]
-    model = _mlp()
-    opt = torch.optim.Adam(model.parameters(), lr=2e-3)
-    for _ in range(3):
-        for i in range(0, 3000, 100):
-            xb, yb = x[i:i + 100], y[i:i + 100]
-            xa = (xb + torch.empty_like(xb).uniform_(-0.1, 0.1)).clamp(0, 1)
-            for _ in range(5):
-                xa.requires_grad_(True)
-                g, = torch.autograd.grad(nn.functional.cross_entropy(model(xa), yb), xa)
-                xa = torch.min(torch.max(xa.detach() + 0.03 * g.sign(), xb - 0.1), xb + 0.1).clamp(0, 1)
-            loss = nn.functional.cross_entropy(model(xa), yb)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-    return model.eval()
-
-
-class Quantise(nn.Module):
-    def __init__(self, base: nn.Module) -> None:
-        super().__init__()
-        self.base = base
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.base(torch.round(x * 4) / 4)
-
-
-class Detached(Quantise):
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.base(x.detach()) + 0.0 * x.flatten(1).sum(1, keepdim=True)
-
-
-class Probabilities(Quantise):
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.softmax(self.base(x), dim=1)
-
-
-class Noisy(Quantise):
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.base((x + 0.3 * torch.randn_like(x)).clamp(0, 1))
-
-
-class Saturated(Quantise):
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return 1000.0 * self.base(x)
+    """The zoo's base model (:func:`tests.zoo.train_honest`), trained once per module."""
+    return train_honest()
 
 
 def _checked(tmp_path: Path, model: nn.Module, name: str) -> dict[str, str]:
@@ -111,9 +67,53 @@ def test_honest_adversarially_trained_model_trips_no_check(tmp_path: Path, hones
 
 @pytest.mark.parametrize(("wrapper", "flag"), [
     (Quantise, "bad-gradients"), (Detached, "bad-gradients"), (Probabilities, "probability-outputs"),
-    (Noisy, "randomized-forward"), (Saturated, "bad-gradients"),
+    (Noisy, "randomized-forward"), (Saturated, "bad-gradients"), (StepActivation, "bad-gradients"),
+    (ClampedLogits, "bad-gradients"), (Purified, "bad-gradients"), (DetectorGated, "single-step-wins"),
+    (DetectorGated, "unbounded-attack"),
 ])
 def test_broken_defense_trips_its_flag(tmp_path: Path, honest: nn.Module, wrapper: type[nn.Module], flag: str,
                                        one_thread) -> None:
     status = _checked(tmp_path, wrapper(honest).eval(), wrapper.__name__)
     assert status[flag] == "fail", status
+
+
+# ---- the reference attacks (tests.zoo.reference_accuracy) -------------------------------------------
+
+@pytest.fixture(scope="module")
+def samples() -> tuple[torch.Tensor, torch.Tensor]:
+    from bench.protocol.data import load_split
+
+    x, y = load_split("mnist", "test")
+    return x[:60], y[:60]
+
+
+def test_reference_attack_sees_through_masks_of_the_same_function(honest: nn.Module, samples, one_thread) -> None:
+    """Wrappers that compute the base model's predictions (only their gradients are broken) must get
+    exactly the base model's reference accuracy, and the attack must be deterministic."""
+    x, y = samples
+    base = reference_accuracy("honest", honest, x, y, 0.15)
+    assert base == reference_accuracy("honest", honest, x, y, 0.15)
+    assert reference_accuracy("honest", honest, x, y, 0.0) > base + 20  # the attack breaks something
+    for wrapper in (Detached, Probabilities, Saturated, ClampedLogits, DetectorGated):
+        assert reference_accuracy(wrapper.__name__, wrapper(honest).eval(), x, y, 0.15) == base, wrapper.__name__
+
+
+def test_reference_attack_breaks_shattered_gradients(honest: nn.Module, samples, one_thread) -> None:
+    """BPDA through rounded hidden units and through the detached denoiser gets within a few points of
+    the base model's reference accuracy (the masks change the function only slightly), far below the
+    protocol's cascade on the masked models (about 65% at eps 0.2)."""
+    x, y = samples
+    base = reference_accuracy("honest", honest, x, y, 0.2, restarts=1)
+    for wrapper in (StepActivation, Purified):
+        ref = reference_accuracy(wrapper.__name__, wrapper(honest).eval(), x, y, 0.2, restarts=1)
+        assert ref <= base + 5, (wrapper.__name__, ref, base)
+
+
+def test_reference_attack_on_a_randomized_model_is_seeded(honest: nn.Module, samples, one_thread) -> None:
+    """EOT with majority judging: same number on every call, and the global random state untouched."""
+    x, y = samples
+    model = Noisy(honest).eval()
+    state = torch.random.get_rng_state()
+    runs = [reference_accuracy("Noisy", model, x[:20], y[:20], 0.2, steps=10, restarts=1, eot=5) for _ in range(2)]
+    assert runs[0] == runs[1] < reference_accuracy("Noisy", model, x[:20], y[:20], 0.0)
+    assert torch.equal(state, torch.random.get_rng_state())
