@@ -109,7 +109,13 @@ class _CountBackward(torch.autograd.Function):
 
 
 class PassCounter(nn.Module):
-    """Wraps a model and counts per-sample forward passes and input-gradient (backward) passes."""
+    """Wraps a model and counts per-sample forward passes and input-gradient (backward) passes.
+
+    It also gives every attack a graph to differentiate: a model whose output has no autograd path
+    from its input (a forward run under ``torch.no_grad`` or on a detached copy) has, in effect, a
+    zero input gradient, yet ``torch.autograd.grad`` would raise on it. Its output gets ``0 * x``
+    added (the same values exactly), so attacks see the zero gradient and the checks flag it.
+    """
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
@@ -121,7 +127,10 @@ class PassCounter(nn.Module):
         self.n_forward += x.shape[0]
         if x.requires_grad:
             x = _CountBackward.apply(x, self)
-        return self.model(x)
+        out = self.model(x)
+        if x.requires_grad and isinstance(out, torch.Tensor) and not out.requires_grad:
+            out = out + 0.0 * x.reshape(x.shape[0], -1)[:, :1]
+        return out
 
     def reset(self) -> tuple[int, int]:
         counts = (self.n_forward, self.n_backward)

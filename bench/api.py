@@ -189,7 +189,8 @@ def _entry(ws: Workspace, model_or_entry: nn.Module | str | Entry, proto: Protoc
 def evaluate(model_or_entry: nn.Module | str | Entry, protocol: str | Protocol = "mnist-linf-quick-v1", *,
              store: Store | str | None = None, home: str | os.PathLike[str] | None = None,
              name: str | None = None, randomized: bool = False, adaptive: Sequence[str] = (),
-             checks: bool = True, force_checks: bool = False, budget: str = "quick", seed: int = 0,
+             checks: bool = True, force_checks: bool = False, escalation: bool = True, budget: str = "quick",
+             seed: int = 0,
              checkpoint: str | None = None, start: int = 0, stop: int | None = None,
              data_dir: str | None = None, device: str = "cpu", batch_size: int | None = None,
              progress: ProgressFn | None = None, check_progress: Callable[[str], None] | None = None,
@@ -201,7 +202,8 @@ def evaluate(model_or_entry: nn.Module | str | Entry, protocol: str | Protocol =
     ``seed`` (or ``checkpoint``), which must exist: see :func:`train`. ``start``/``stop`` evaluate a
     chunk-aligned slice. Once the run is complete its sanity checks run (``checks``), unless the
     current suite's are stored (``force_checks`` runs them again); ``on_checks(run id, verdict, seconds)``
-    hears how they went.
+    hears how they went. A run they flag unreliable is escalated (:mod:`bench.escalation`) unless
+    ``escalation`` is off: the report's worst case is then the escalated one.
     """
     ws, st, proto, target = _target(model_or_entry, protocol, store, home, name, randomized, adaptive, budget, seed,
                                     checkpoint, data_dir, in_memory=True)
@@ -210,7 +212,9 @@ def evaluate(model_or_entry: nn.Module | str | Entry, protocol: str | Protocol =
     rows = summarize_rows(st, st.run(run_id))  # read once: the checks add rows of their own table only
     if checks and rows.complete:
         _check(st, run_id, target.model, data_dir=data_dir, device=device, batch_size=batch_size, force=force_checks,
-               progress=check_progress, on_checks=on_checks)
+               progress=check_progress, on_checks=on_checks, ws=ws, escalation=escalation, stage_progress=progress,
+               on_train=on_train)
+        rows = summarize_rows(st, st.run(run_id))  # the escalation, if any, added rows
     return RunReport.from_summary(join_checks(rows, load_results(st, run_id)))
 
 
@@ -235,9 +239,12 @@ def _target(model_or_entry: nn.Module | str | Entry, protocol: str | Protocol, s
 
 
 def _check(st: Store, run_id: int, model: nn.Module, *, data_dir: str | None, device: str, batch_size: int | None,
-           force: bool, progress: Callable[[str], None] | None, on_checks: ChecksFn | None) -> None:
+           force: bool, progress: Callable[[str], None] | None, on_checks: ChecksFn | None, ws: Workspace,
+           escalation: bool = True, stage_progress: ProgressFn | None = None,
+           on_train: Callable[[str], None] | None = None) -> None:
     t0 = time.perf_counter()
     verdict = jobs.check_run(st, run_id, model, data_dir=data_dir, device=device, batch_size=batch_size, force=force,
+                             ws=ws, escalation=escalation, stage_progress=stage_progress, on_train=on_train,
                              progress=progress)
     if on_checks is not None:
         on_checks(run_id, verdict, time.perf_counter() - t0)
@@ -281,13 +288,15 @@ def check(model_or_entry: nn.Module | str | Entry, protocol: str | Protocol = "m
           store: Store | str | None = None, home: str | os.PathLike[str] | None = None, name: str | None = None,
           budget: str = "quick", seed: int = 0, checkpoint: str | None = None, data_dir: str | None = None,
           device: str = "cpu", batch_size: int | None = None, force: bool = True,
-          progress: Callable[[str], None] | None = None, on_checks: ChecksFn | None = None) -> RunReport:
-    """(Re-)run the sanity checks of a complete stored run and return its report."""
-    _, st, proto, target = _target(model_or_entry, protocol, store, home, name, False, (), budget, seed, checkpoint,
-                                   data_dir, in_memory=False)
+          progress: Callable[[str], None] | None = None, on_checks: ChecksFn | None = None,
+          escalation: bool = True) -> RunReport:
+    """(Re-)run the sanity checks of a complete stored run and return its report (escalating it when
+    they flag it unreliable, unless ``escalation`` is off)."""
+    ws, st, proto, target = _target(model_or_entry, protocol, store, home, name, False, (), budget, seed, checkpoint,
+                                    data_dir, in_memory=False)
     run = jobs.run_of(st, proto, target)
     _check(st, run.id, target.model, data_dir=data_dir, device=device, batch_size=batch_size, force=force,
-           progress=progress, on_checks=on_checks)
+           progress=progress, on_checks=on_checks, ws=ws, escalation=escalation)
     return report(run.id, store=st)
 
 
@@ -339,14 +348,15 @@ def demo_plan(entry_ids: Sequence[str], protocol: str, budget: str = "quick", se
 @_one_error_type
 def demo(entry_ids: Sequence[str] | None = None, *, protocol: str = "mnist-linf-quick-v1", budget: str = "quick",
          seed: int = 0, jobs_: int = 0, home: str | os.PathLike[str] | None = None, db: str | None = None,
-         data_dir: str | None = None, device: str = "cpu", download: bool = False,
+         data_dir: str | None = None, device: str = "cpu", download: bool = False, escalation: bool = True,
          on_start: Callable[[int, int, int], None] | None = None,
          on_done: Callable[[Task, str, float], None] | None = None) -> DemoResult:
     """Train, evaluate and check entries (default: the demo's four), then build the site.
 
     The plan runs on ``jobs_`` worker processes (0: the default rule of
     :func:`bench.orchestration.pool.default_jobs`), or in this process when that is 1: the same
-    task code either way. ``on_start(tasks, processes, threads)`` is called once before the work.
+    task code either way. ``on_start(tasks, processes, threads)`` is called once before the work. An entry
+    its checks flag unreliable is escalated by its check task, unless ``escalation`` is off.
     """
     from registry import DEMO_ENTRIES
 
@@ -360,7 +370,7 @@ def demo(entry_ids: Sequence[str] | None = None, *, protocol: str = "mnist-linf-
         n = 1  # an in-memory database lives in one process
     st = open_store(db, home=home)  # creates or upgrades the schema once: workers opening a new database would race
     threads = max(1, usable_cpus() // n) if n > 1 else torch.get_num_threads()  # in-process: as it is set
-    ctx = PoolContext(str(ws.root), db, protocol, data_dir, device, threads, download)
+    ctx = PoolContext(str(ws.root), db, protocol, data_dir, device, threads, download, escalation)
     if on_start is not None:
         on_start(len(tasks), n, threads)
     done = run_plan(tasks, ctx, n, on_done=on_done, store=st)

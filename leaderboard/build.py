@@ -18,6 +18,7 @@ from markupsafe import Markup, escape
 from bench import code_version
 from bench.report.naming import headline_claim, same_eps
 from bench.report.naming import run_slug as slug_of
+from bench.report.run_report import EscalationReport
 from bench.report.summary import CheckedSummary, summarize_all
 from bench.store.database import Store, now
 from leaderboard.curves import entry_curves
@@ -129,6 +130,9 @@ def build_site(store: Store, out: Path, entries: dict[str, Entry]) -> Path:
             packages=json.loads(s.run.packages), protocol_json=json.dumps(s.protocol, indent=1, sort_keys=True),
             curves=entry_curves(s), evidence=lambda c: json.dumps(c.evidence, indent=1, sort_keys=True),
             suite_id=store.checks(s.run.id)[0].suite if s.checks else None,
+            esc=EscalationReport.from_summary(s),
+            esc_labels=list(dict.fromkeys(st["label"] for st in (s.escalation or {}).get("stages", [])
+                                          if st.get("kind") != "clean")),
         )
         (out / "runs" / f"{run_slug(s)}.html").write_text(page)
     return out / "index.html"

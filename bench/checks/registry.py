@@ -283,8 +283,11 @@ class CheckInputs:
 
     @cached_property
     def survivors(self) -> list[int]:
-        """The cascade's survivors at the primary eps: robust after its last stored stage there."""
+        """The survivors at the primary eps: robust after the last stored stage there (the cascade's,
+        or for an escalated run the escalation's last)."""
         labels = [a["label"] for a in self.protocol["attacks"]]
+        labels += [s["label"] for s in (self.summary.escalation or {}).get("stages", [])
+                   if float(s["eps"]) == self.primary]
         have = {r.attack for r in self.rows if float(r.eps) == self.primary}
         last = [lab for lab in labels if lab in have]
         if not last:

@@ -140,10 +140,15 @@ def load_results(store: Store, run_id: int) -> list[CheckResult]:
 
 def run_checks(store: Store, run_id: int, model: torch.nn.Module, *, data_dir: str | None = None,
                device: str = "cpu", batch_size: int | None = None,
-               progress: Callable[[str], None] | None = None) -> list[CheckResult]:
-    """Run the suite on a stored run with its model and store the results (replacing earlier ones)."""
+               progress: Callable[[str], None] | None = None, persist: bool = True) -> list[CheckResult]:
+    """Run the suite on a stored run with its model and store the results (replacing earlier ones).
+
+    ``persist`` off returns the results without storing them: the escalation's checks run again
+    after its stages (their survivors are the escalated ones), while the stored checks stay the
+    diagnosis that triggered it.
+    """
     from attacks import make_attack
-    from attacks.base import prepare_model
+    from attacks.base import PassCounter, prepare_model
     from attacks.context import AttackContext
     from bench.engine.verify import DetectorRule, has_detector
     from bench.errors import BenchError
@@ -172,7 +177,8 @@ def run_checks(store: Store, run_id: int, model: torch.nn.Module, *, data_dir: s
     bs = batch_size or int(proto.get("chunk_size", 100))
     with torch.no_grad():
         n_classes = int(model(x[:1]).shape[1])
-    prober = Prober(model, bs, detector, make_attack, context)
+    prober = Prober(PassCounter(model), bs, detector, make_attack, context)  # as the engine wraps it
     results = run_suite(CheckInputs(proto, rows, summary, x, y, prober, detector is not None, n_classes), progress)
-    store_results(store, run_id, results, suite_for(proto)[1])
+    if persist:
+        store_results(store, run_id, results, suite_for(proto)[1])
     return results

@@ -158,6 +158,8 @@ def evaluate(
     batch_size: Annotated[int | None, typer.Option(
         help="Attack mini-batch (memory only; results do not change).")] = None,
     checks: Annotated[bool, typer.Option(help="Run the sanity checks once the run is complete.")] = True,
+    escalation: Annotated[bool, typer.Option(
+        help="Escalate a run the checks flag unreliable (stronger attacks at every eps; see the README).")] = True,
     home: HomeOpt = None, db: DbOpt = None, data_dir: DataOpt = None, device: DeviceOpt = "cpu",
     download: DownloadOpt = False,
 ) -> None:
@@ -173,7 +175,8 @@ def evaluate(
         def check_progress(label: str) -> None:
             prog.update(task, description=f"checks: {label}")
 
-        report = api.evaluate(entry, protocol, store=db, home=home, checks=checks, budget=budget, seed=seed,
+        report = api.evaluate(entry, protocol, store=db, home=home, checks=checks, escalation=escalation,
+                              budget=budget, seed=seed,
                               checkpoint=checkpoint, start=start, stop=stop, data_dir=data_dir, device=device,
                               batch_size=batch_size, progress=progress, check_progress=check_progress,
                               on_train=lambda msg: prog.console.print(msg), on_checks=_print_checks)
@@ -189,6 +192,8 @@ def check(
     seed: CkptSeedOpt = 0,
     checkpoint: Annotated[str | None, typer.Option(help="The checkpoint file the run evaluated.")] = None,
     batch_size: Annotated[int | None, typer.Option(help="Probe mini-batch (memory only).")] = None,
+    escalation: Annotated[bool, typer.Option(
+        help="Escalate a run the checks flag unreliable (stronger attacks at every eps; see the README).")] = True,
     home: HomeOpt = None, db: DbOpt = None, data_dir: DataOpt = None, device: DeviceOpt = "cpu",
 ) -> None:
     """(Re-)run the sanity checks of a complete stored run and store them with their evidence."""
@@ -196,7 +201,7 @@ def check(
     with _progress() as prog:
         task = prog.add_task(f"checks of {entry}", total=None)
         api.check(entry, protocol, store=db, home=home, budget=budget, seed=seed, checkpoint=checkpoint,
-                  data_dir=data_dir, device=device, batch_size=batch_size,
+                  data_dir=data_dir, device=device, batch_size=batch_size, escalation=escalation,
                   progress=lambda label: prog.update(task, description=f"checks: {label}"), on_checks=_print_checks)
 
 
@@ -283,6 +288,8 @@ def demo(
         "--jobs", "-j", help="Worker processes: 0 = one per CPU for at least two entries each (at most 8) on a "
                              "CPU device, one on a GPU. With more than one, training, evaluation chunks and "
                              "checks run side by side, one torch thread per process.")] = 0,
+    escalation: Annotated[bool, typer.Option(
+        help="Escalate a run the checks flag unreliable (stronger attacks at every eps; see the README).")] = True,
     home: HomeOpt = None, db: DbOpt = None, data_dir: DataOpt = None, device: DeviceOpt = "cpu",
     download: DownloadOpt = False,
 ) -> None:
@@ -310,7 +317,8 @@ def demo(
             prog.advance(bar)
 
         result = api.demo(ids, protocol=protocol, budget=budget, seed=seed, jobs_=jobs, home=home, db=db,
-                          data_dir=data_dir, device=device, download=download, on_start=on_start, on_done=on_done)
+                          data_dir=data_dir, device=device, download=download, escalation=escalation,
+                          on_start=on_start, on_done=on_done)
     for r in result.reports.values():
         _print_report(r)
     out.print(f"demo finished in {time.perf_counter() - t0:.0f} s", highlight=False)

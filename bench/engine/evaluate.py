@@ -29,14 +29,14 @@ import torch
 from torch import nn
 
 from attacks import make_attack
-from attacks.base import Attack, PassCounter, prepare_model
+from attacks.base import Attack, PassCounter, derive_seed, prepare_model
 from attacks.context import AttackContext, SurrogateProvider
 from bench import code_version
 from bench.engine.extras import run_extra
-from bench.engine.verify import DetectorRule, adversarial_verdict, check_bounds, has_detector, predict
+from bench.engine.verify import DetectorRule, DrawsRule, check_bounds, has_detector, judged_verdict, predict
 from bench.errors import BenchError
 from bench.protocol.data import load_split
-from bench.protocol.protocols import CALIBRATION_SAMPLES, Protocol
+from bench.protocol.protocols import CALIBRATION_SAMPLES, RANDOMIZED_RULE, AttackSpec, Protocol
 from bench.store.database import Result, Stage, Store, packages_json
 from registry.entry import Entry
 
@@ -105,7 +105,8 @@ def evaluate(
     """Evaluate ``target`` under ``protocol`` on samples [start, stop); returns the run id.
 
     The entry is attacked with the protocol's attacks plus the adaptive attacks it declares (see
-    :meth:`Protocol.for_entry`; a randomized entry gets EOT). ``surrogates`` provides the transfer
+    :meth:`Protocol.for_entry`; a randomized entry gets EOT, and every verdict on it, clean pass
+    included, is taken over draws by the protocol's ``RANDOMIZED_RULE``). ``surrogates`` provides the transfer
     attacks' surrogate models (see :class:`bench.models.surrogates.WorkspaceSurrogates`); every attack gets
     it, and a detector entry's threshold, in its :class:`~attacks.context.AttackContext`.
     """
@@ -121,7 +122,7 @@ def evaluate(
     applied = protocol.for_entry(declared)
     run = store.get_or_create_run(
         entry_id=entry.id, entry_name=entry.name, entry_version=entry.version, protocol=protocol.name,
-        fingerprint=protocol.fingerprint, protocol_json=protocol.run_json(applied),
+        fingerprint=protocol.fingerprint, protocol_json=protocol.run_json(applied, randomized=entry.randomized),
         checkpoint_sha256=target.weights_sha256, budget=target.budget, train_seed=target.train_seed,
         code_version=code_version(), packages=packages_json(), device=device_name(dev),
         n_samples=protocol.n_samples,
@@ -131,6 +132,7 @@ def evaluate(
                                    dev, bs)
                 if has_detector(target.model) else None)
     model = PassCounter(prepare_model(target.model, dev))
+    draws = DrawsRule(**RANDOMIZED_RULE) if entry.randomized else None  # declared randomized: judged over draws
     context = AttackContext(surrogates=surrogates, detector_threshold=None if detector is None else detector.threshold)
 
     stages = [("clean", 0.0)] + applied.stages()
@@ -150,8 +152,8 @@ def evaluate(
                 robust = torch.tensor([r.robust_after for r in rows])
             else:
                 spec = None if label == "clean" else applied.spec(label)
-                robust = _run_stage(store, run.id, protocol, model, label, eps, spec, x, y, ids, robust,
-                                    bs, attack_factory, detector, context)
+                robust = run_stage(store, run.id, protocol.fingerprint, model, label, eps, spec, x, y, ids, robust, bs,
+                                   attack_factory, detector, context, draws=draws)
             state[-1.0 if label == "clean" else eps] = robust.clone()
             finished += 1
             if progress is not None:
@@ -170,34 +172,63 @@ def evaluate(
     return run.id
 
 
-def _run_stage(store: Store, run_id: int, protocol: Protocol, model: PassCounter, label: str, eps: float,
-               spec, x: torch.Tensor, y: torch.Tensor, ids: torch.Tensor, robust: torch.Tensor, bs: int,
-               attack_factory: AttackFactory, detector: DetectorRule | None = None,
-               context: AttackContext | None = None) -> torch.Tensor:
+def run_stage(store: Store, run_id: int, fingerprint: str, model: PassCounter, label: str, eps: float,
+              spec: AttackSpec | None, x: torch.Tensor, y: torch.Tensor, ids: torch.Tensor, robust: torch.Tensor,
+              bs: int, attack_factory: AttackFactory, detector: DetectorRule | None = None,
+              context: AttackContext | None = None, *, draws: DrawsRule | None = None,
+              attack_model: nn.Module | None = None) -> torch.Tensor:
+    """Run one (stage, chunk) on the still-robust samples and store its rows and stage record atomically.
+
+    ``spec`` None is a clean pass (the cascade's "clean", or an escalation's clean pass over draws).
+    The engine decides success itself: ``x_adv`` must lie in the ball and the box, and ``model``
+    (never ``attack_model``) is re-run on it. ``draws`` judges a
+    randomized model over draws (clean pass included); ``attack_model`` is what the attack sees
+    when it differs from the judged model (an escalation's adapter, such as the log of the outputs).
+    Returns the robust flags after the stage.
+
+    The stage runs inside ``torch.random.fork_rng`` seeded from (its seed, label, eps, first sample):
+    a model that draws from torch's global generator (a randomized defense) gets the same draws on
+    every run, whatever the caller's random state, which is left untouched. Attacks seed their own
+    generators, so deterministic models get exactly the rows they got without it.
+    """
+    devices = [x.device] if x.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(derive_seed(0 if spec is None else spec.seed, "stage", label, eps, int(ids[0])))
+        return _stage(store, run_id, fingerprint, model, label, eps, spec, x, y, ids, robust, bs, attack_factory,
+                      detector, context, draws, attack_model)
+
+
+def _stage(store: Store, run_id: int, fingerprint: str, model: PassCounter, label: str, eps: float,
+           spec: AttackSpec | None, x: torch.Tensor, y: torch.Tensor, ids: torch.Tensor, robust: torch.Tensor,
+           bs: int, attack_factory: AttackFactory, detector: DetectorRule | None, context: AttackContext | None,
+           draws: DrawsRule | None, attack_model: nn.Module | None) -> torch.Tensor:
     t0 = time.perf_counter()
     model.reset()
     n = x.shape[0]
-    fp = protocol.fingerprint
-    if label == "clean":
-        pred = predict(model, x, bs).cpu()
-        correct = pred == y.cpu()
+    fp = fingerprint
+    if spec is None:  # a clean pass: every sample, unperturbed
+        if draws is None:
+            pred = predict(model, x, bs).cpu()
+            correct = pred == y.cpu()
+        else:
+            pred, correct = draws.verdict(model, x, y, bs, label, eps, int(ids[0]))
         score: list[float | None] = [None] * n
         rejected: list[bool | None] = [None] * n
         if detector is not None:
             sc, rej = detector.judge(x, bs)
             correct &= ~rej  # a rejected clean input is an error
             score, rejected = [float(v) for v in sc], [bool(v) for v in rej]
-        rows = [Result(run_id=run_id, fingerprint=fp, attack="clean", eps=0.0, sample=int(s), label=int(t),
+        rows = [Result(run_id=run_id, fingerprint=fp, attack=label, eps=eps, sample=int(s), label=int(t),
                        attacked=True, success=not bool(c), robust_after=bool(c), pred=int(p), linf=0.0,
                        score=sc_, rejected=rj)
                 for s, t, p, c, sc_, rj in zip(ids.tolist(), y.tolist(), pred.tolist(), correct.tolist(), score,
                                                rejected, strict=True)]
         n_fwd, n_bwd = model.reset()
-        stage = Stage(run_id=run_id, fingerprint=fp, attack="clean", eps=0.0, chunk_start=int(ids[0]),
+        stage = Stage(run_id=run_id, fingerprint=fp, attack=label, eps=eps, chunk_start=int(ids[0]),
                       chunk_stop=int(ids[-1]) + 1, n_attacked=n, n_broken=int((~correct).sum()), n_forward=n_fwd,
                       n_backward=n_bwd, seconds=time.perf_counter() - t0, seed=0)
         if not store.write_stage(stage, rows, stage.seconds):  # stored meanwhile by a concurrent slice
-            return torch.tensor([r.robust_after for r in store.rows_for(run_id, "clean", 0.0, ids.tolist())])
+            return torch.tensor([r.robust_after for r in store.rows_for(run_id, label, eps, ids.tolist())])
         return correct
     alive = robust.clone()
     idx = alive.nonzero().squeeze(1)
@@ -211,12 +242,14 @@ def _run_stage(store: Store, run_id: int, protocol: Protocol, model: PassCounter
     if idx.numel():
         attack = attack_factory(spec.kind, dict(spec.params), spec.seed)
         xs, ys = x[idx.to(x.device)], y[idx.to(x.device)]
-        out = attack.run(model, xs, ys, [eps], sample_ids=ids[idx], batch_size=bs, context=context)
+        out = attack.run(model if attack_model is None else attack_model, xs, ys, [eps], sample_ids=ids[idx],
+                         batch_size=bs, context=context)
         n_fwd, n_bwd = model.reset()
         x_adv = out.x_adv[0].detach().to(x.device)
         check_bounds(x_adv, xs, eps, label)
         linf = (x_adv - xs).abs().flatten(1).amax(1).cpu()
-        pred, broke, adv_sc, adv_rej = adversarial_verdict(model, x_adv, ys, bs, detector)  # rejected: no success
+        pred, broke, adv_sc, adv_rej = judged_verdict(model, x_adv, ys, bs, detector, draws, label, eps,
+                                                      int(ids[0]))  # rejected: no success
         if adv_sc is not None and adv_rej is not None:
             for j, i in enumerate(idx.tolist()):
                 score_all[i], rejected_all[i] = float(adv_sc[j]), bool(adv_rej[j])

@@ -12,6 +12,7 @@ from typing import Any, cast
 import torch
 from torch import nn
 
+from attacks.base import derive_seed
 from bench.errors import AttackContractError
 
 BALL_TOLERANCE = 1e-5  # float32 rounding of x + delta; anything larger is an attack bug
@@ -58,6 +59,49 @@ def adversarial_verdict(model: nn.Module, x_adv: torch.Tensor, y: torch.Tensor, 
         return pred, broke, None, None
     sc, rej = detector.judge(x_adv, bs)
     return pred, broke & ~rej, sc, rej
+
+
+@dataclass(frozen=True)
+class DrawsRule:
+    """How a randomized model is judged (the protocol's ``RANDOMIZED_RULE``): on each input it is run
+    ``draws`` times, and the sample counts as correct only if at least ``min_correct`` draws are right.
+
+    One draw of a randomized model says little: a sample an attack "broke" on one unlucky draw may be
+    right nine times in ten, and a sample it "missed" may be wrong half the time. Judging over draws
+    applies to the clean pass and to every final adversarial input alike. The draws of each call run
+    inside ``torch.random.fork_rng`` seeded from (``seed``, ``parts``), so verdicts are reproducible and
+    the caller's random state is untouched. The stored prediction is the most frequent one.
+    """
+
+    draws: int
+    min_correct: int
+    seed: int = 0
+
+    def verdict(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, bs: int,
+                *parts: int | float | str) -> tuple[torch.Tensor, torch.Tensor]:
+        """(most frequent prediction, correct in at least ``min_correct`` of ``draws``), on CPU."""
+        if x.shape[0] == 0:
+            empty = torch.zeros(0, dtype=torch.long)
+            return empty, empty.bool()
+        devices = [x.device] if x.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(derive_seed(self.seed, "draws", *parts))
+            preds = torch.stack([predict(model, x, bs).cpu() for _ in range(self.draws)])  # (draws, N)
+        right = (preds == y.cpu()[None]).sum(0)
+        return torch.mode(preds, dim=0).values, right >= self.min_correct
+
+
+def judged_verdict(model: nn.Module, x_adv: torch.Tensor, y: torch.Tensor, bs: int, detector: DetectorRule | None,
+                   draws: DrawsRule | None, *parts: int | float | str
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """:func:`adversarial_verdict`, or for a randomized model the same decision over draws."""
+    if draws is None:
+        return adversarial_verdict(model, x_adv, y, bs, detector)
+    pred, right = draws.verdict(model, x_adv, y, bs, *parts)
+    if detector is None:
+        return pred, ~right, None, None
+    sc, rej = detector.judge(x_adv, bs)
+    return pred, ~right & ~rej, sc, rej
 
 
 def has_detector(model: nn.Module) -> bool:

@@ -142,14 +142,51 @@ def checks_report(results: list[Any]) -> str:
 
 
 def check_run(store: Any, run_id: int, model: Any, *, data_dir: str | None, device: str,
-              batch_size: int | None = None, force: bool = True, progress: Any = None) -> str:
+              batch_size: int | None = None, force: bool = True, progress: Any = None, ws: Workspace | None = None,
+              escalation: bool = True, stage_progress: ProgressFn | None = None,
+              on_train: Callable[[str], None] | None = None) -> str:
     """Run a run's sanity checks (unless ``force`` is off and the current suite's rows are stored,
-    which are reused) and return the report: the verdict, then a line per failed check."""
-    from bench.checks.suite import run_checks
+    which are reused), escalate it when they flag it unreliable (:mod:`bench.escalation`; resumed or
+    reused when stored), and return the report: the verdict, a line per failed check, and what the
+    escalation did. Transfer surrogates come from ``ws`` (without one, only the distilled surrogate)."""
+    from bench.checks.suite import load_results, run_checks
 
     stored = None if force else current_checks(store, run_id)
     if stored is not None:
-        return f"reused ({sum(c.status == 'fail' for c in stored)} failed)"
-    results = run_checks(store, run_id, model, data_dir=data_dir, device=device, batch_size=batch_size,
-                         progress=progress)
-    return checks_report(results)
+        report = f"reused ({sum(c.status == 'fail' for c in stored)} failed)"
+        results = load_results(store, run_id)
+    else:
+        results = run_checks(store, run_id, model, data_dir=data_dir, device=device, batch_size=batch_size,
+                             progress=progress)
+        report = checks_report(results)
+    if not escalation or not any(r.failed and r.severity == "unreliable" for r in results):
+        return report
+    return report + "\n" + escalate_run(store, run_id, model, ws=ws, data_dir=data_dir, device=device,
+                                        batch_size=batch_size, progress=stage_progress, check_progress=progress,
+                                        on_train=on_train)
+
+
+def escalate_run(store: Any, run_id: int, model: Any, *, ws: Workspace | None, data_dir: str | None, device: str,
+                 batch_size: int | None = None, progress: ProgressFn | None = None, check_progress: Any = None,
+                 on_train: Callable[[str], None] | None = None) -> str:
+    """Escalate a flagged run (see :func:`bench.escalation.run.escalate`) and say what it changed."""
+    from bench.escalation.run import escalate
+    from bench.models.surrogates import WorkspaceSurrogates
+    from bench.store.summary import summarize_rows
+
+    run = store.run(run_id)
+    dataset = json.loads(run.protocol_json)["dataset"]
+    surrogates = None if ws is None else WorkspaceSurrogates(ws.checkpoints, ws.cache, dataset,
+                                                             lambda i: lookup(ws, i), data_dir, device,
+                                                             on_train=on_train)
+    record = escalate(store, run_id, model, surrogates=surrogates, cache_dir=None if ws is None else ws.cache,
+                      data_dir=data_dir, device=device, batch_size=batch_size, progress=progress,
+                      check_progress=check_progress)
+    if record is None:
+        return "no escalation"
+    s = summarize_rows(store, store.run(run_id))
+    grid = ", ".join(f"{e:g}: {s.worst_before.get(e, float('nan')):.1f} -> {s.worst.get(e, float('nan')):.1f}"
+                     for e in s.epsilons)
+    remedies = [r for rnd in record["rounds"] for r in rnd["remedies"]]
+    return (f"escalated ({', '.join(remedies) or 'nothing applicable'}; {record.get('seconds', 0.0):.0f} s): "
+            f"worst case by eps {grid}")

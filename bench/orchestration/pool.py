@@ -61,6 +61,7 @@ class PoolContext:
     device: str
     threads: int
     download: bool = False
+    escalation: bool = True
 
 
 def usable_cpus() -> int:
@@ -243,6 +244,7 @@ def _run_task(task: Task, ctx: PoolContext, store: Any = None) -> tuple[str, int
         return f"run {run_id}: samples {task.start}:{task.stop} stored", run_id
     if task.kind == "check":
         run = jobs.run_of(store, protocol, target)
-        report = jobs.check_run(store, run.id, target.model, data_dir=ctx.data_dir, device=ctx.device, force=False)
+        report = jobs.check_run(store, run.id, target.model, data_dir=ctx.data_dir, device=ctx.device, force=False,
+                                ws=ws, escalation=ctx.escalation)
         return f"checks of run {run.id}: {report}", run.id
     raise BenchError(f"unknown task kind {task.kind!r}")

@@ -165,9 +165,12 @@ class Protocol:
         extras = self.extras + tuple(a.extra for a in chosen if a.extra is not None)
         return replace(self, attacks=attacks, extras=extras, adaptive=())
 
-    def run_json(self, entry_protocol: Protocol) -> str:
-        """What a run stores: this protocol's canonical JSON plus the attacks applied to the entry."""
+    def run_json(self, entry_protocol: Protocol, *, randomized: bool = False) -> str:
+        """What a run stores: this protocol's canonical JSON plus the attacks applied to the entry (and,
+        for a randomized entry, the rule its verdicts follow)."""
         d = self.canonical()
+        if randomized:
+            d["randomized_rule"] = dict(RANDOMIZED_RULE)
         d["attacks"] = [a.canonical() for a in entry_protocol.attacks]
         d["extras"] = [e.canonical() for e in entry_protocol.extras]
         d["adaptive_applied"] = [a.label for a in entry_protocol.attacks[len(self.attacks):]] + \
@@ -199,6 +202,13 @@ class Protocol:
 # CALIBRATION_SAMPLES images of the protocol's split, which no protocol evaluates, at the protocol's
 # detector_fpr. Pinned by tests/test_protocol.py; changing it needs a new protocol version.
 CALIBRATION_SAMPLES = 1000
+
+# The randomized rule (part of every protocol): a randomized model, declared so by its entry or found
+# so by the checks, is judged over draws. A sample counts as correct (clean) or robust (on its final
+# adversarial input) only if the model is right in at least `min_correct` of `draws` forward passes: a
+# majority of 10. The draws are seeded from `seed` and the stage. Pinned by tests/test_protocol.py;
+# stored in every randomized run's protocol JSON and in the escalation policy's fingerprint.
+RANDOMIZED_RULE: Mapping[str, int] = MappingProxyType({"draws": 10, "min_correct": 6, "seed": 500})
 
 
 # AutoAttack standard on CPU costs minutes per robust MNIST model (APGD-T and FAB-T with 9 target

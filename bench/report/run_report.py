@@ -44,12 +44,69 @@ class CheckOutcome:
 
 
 @dataclass(frozen=True)
+class EscalationStep:
+    """One escalation stage at one eps: what it attacked and broke (engine-verified)."""
+
+    remedy: str
+    label: str
+    eps: float
+    attacked: int
+    broken: int
+    seconds: float
+
+
+@dataclass(frozen=True)
+class EscalationReport:
+    """What the escalation did: the failed checks that triggered it, the remedies that ran (or why one
+    did not), each stage's breaks, the checks run again afterwards, and its cost."""
+
+    policy: str
+    triggers: dict[str, list[str]]
+    remedies: tuple[str, ...]
+    skipped: dict[str, str]
+    steps: tuple[EscalationStep, ...]
+    checks_after: dict[str, str]
+    seconds: float
+    distill_seconds: float
+
+    def broken_by_remedy(self) -> dict[str, int]:
+        """Samples each remedy broke, over every eps (a sample counts once per eps it fell at)."""
+        out: dict[str, int] = {}
+        for st in self.steps:
+            out[st.remedy] = out.get(st.remedy, 0) + st.broken
+        return out
+
+    @classmethod
+    def from_summary(cls, s: CheckedSummary) -> EscalationReport | None:
+        rec = s.escalation
+        if not rec or not rec.get("rounds"):
+            return None
+        steps = []
+        for st in rec.get("stages", []):
+            cell = s.cells.get((st["label"], float(st["eps"])))
+            if cell is not None:
+                steps.append(EscalationStep(st["remedy"], st["label"], float(st["eps"]), cell.attacked, cell.broken,
+                                            cell.seconds))
+        rounds = rec["rounds"]
+        triggers: dict[str, list[str]] = {}
+        for r in rounds:
+            triggers.update(r.get("triggers", {}))
+        return cls(policy=str(rec["policy"]), triggers=triggers,
+                   remedies=tuple(x for r in rounds for x in r.get("remedies", [])),
+                   skipped={k: v for r in rounds for k, v in r.get("skipped", {}).items()}, steps=tuple(steps),
+                   checks_after=dict(rounds[-1].get("after", {})), seconds=float(rec.get("seconds", 0.0)),
+                   distill_seconds=float(rec.get("distill_seconds", 0.0)))
+
+
+@dataclass(frozen=True)
 class RunReport:
     """Clean accuracy, worst case per eps, per-attack cells, checks and flags, and the ranked accuracy.
 
     ``worst_case[eps]`` is the share of samples that survived every attack at that eps (and at every
     smaller one). ``ranked_accuracy`` is the worst case at the primary eps that ranks the entry: for
     an evaluation flagged unreliable, the samples the checks' own attacks broke count as broken too.
+    For an escalated run, ``worst_case`` and ``clean_accuracy`` include the escalation's stages;
+    ``worst_case_before_escalation`` keeps the protocol's own figures and ``escalation`` says what ran.
     """
 
     run_id: int
@@ -66,6 +123,8 @@ class RunReport:
     ranked_accuracy: float | None
     unreliable: bool
     summary: CheckedSummary = field(compare=False, repr=False)
+    worst_case_before_escalation: dict[float, float] = field(default_factory=dict)
+    escalation: EscalationReport | None = None
 
     @property
     def flags(self) -> tuple[CheckOutcome, ...]:
@@ -87,7 +146,9 @@ class RunReport:
         return cls(run_id=s.run.id, entry_id=s.run.entry_id, protocol=s.run.protocol, fingerprint=s.run.fingerprint,
                    n_samples=s.run.n_samples, complete=s.complete, clean_accuracy=s.clean_acc,
                    primary_eps=s.primary_eps, worst_case={float(e): w for e, w in s.worst.items()}, cells=cells,
-                   checks=checks, ranked_accuracy=s.ranked_worst, unreliable=s.unreliable, summary=s)
+                   checks=checks, ranked_accuracy=s.ranked_worst, unreliable=s.unreliable, summary=s,
+                   worst_case_before_escalation={float(e): w for e, w in s.worst_before.items()},
+                   escalation=EscalationReport.from_summary(s))
 
     def table(self) -> str:
         """A plain-text table: one line per attack, one column per eps, then the worst case."""

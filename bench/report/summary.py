@@ -59,13 +59,22 @@ class CheckedSummary(RunSummary):
         return set().union(*(c.exposed for c in self.checks)) if self.checks else set()
 
     @property
+    def exposed_after_escalation(self) -> set[int]:
+        """Samples the checks' attacks broke at the primary eps after they survived the escalation."""
+        rounds = (self.escalation or {}).get("rounds", [])
+        done = [r for r in rounds if "exposed_at_primary" in r]
+        return set(done[-1]["exposed_at_primary"]) if done else set()
+
+    @property
     def ranked_worst(self) -> float | None:
         """The worst case at the primary eps that ranks the entry: for an unreliable evaluation, the
-        samples the checks' attacks exposed count as broken too."""
+        (escalated) worst case with the samples the checks' attacks exposed counted as broken too (the
+        checks run after the escalation, when there was one)."""
         w = self.worst.get(self.primary_eps)
         if w is None or not self.unreliable or not self.run.n_samples:
             return w
-        return w - 100.0 * len(self.exposed) / self.run.n_samples
+        exposed = self.exposed_after_escalation if self.escalated else self.exposed
+        return w - 100.0 * len(exposed) / self.run.n_samples
 
 
 def join_checks(summary: RunSummary, checks: list[CheckResult]) -> CheckedSummary:

@@ -18,6 +18,10 @@ Schema 3 adds ``checks``: one row per (run, sanity check) with its severity, sta
 value, threshold and evidence (JSON: counts, sample ids, figures), written by :mod:`bench.checks.suite`.
 Re-running the checks of a run replaces its check rows in one transaction; result rows are never
 touched.
+
+Schema 4 adds the run's escalation record (``escalation_json``, :mod:`bench.escalation`): which failed
+checks triggered which remedies, the ordered escalation stages (ordinary rows of ``results`` and
+``stages``, under their own labels and seeds), and the checks run again after them.
 """
 
 from __future__ import annotations
@@ -49,7 +53,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from bench.errors import BenchError
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 
 class Base(DeclarativeBase):
@@ -78,6 +82,7 @@ class Run(Base):
     updated_at: Mapped[str] = mapped_column(String(40))
     wall_seconds: Mapped[float] = mapped_column(Float, default=0.0)
     detector_json: Mapped[str | None] = mapped_column(Text, nullable=True)  # calibration of a detector entry
+    escalation_json: Mapped[str | None] = mapped_column(Text, nullable=True)  # see bench.escalation
 
 
 class Result(Base):
@@ -266,6 +271,14 @@ class Store:
             if run.detector_json is None:
                 run.detector_json = detector_json
             return run.detector_json
+
+    def set_escalation(self, run_id: int, escalation_json: str) -> None:
+        """Store (or replace) a run's escalation record; its rows are stored as ordinary stages."""
+        with self.session() as s, s.begin():
+            run = s.get(Run, run_id)
+            if run is None:
+                raise BenchError(f"run {run_id} not found")
+            run.escalation_json = escalation_json
 
     def runs(self) -> list[Run]:
         with self.session() as s:

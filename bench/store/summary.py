@@ -9,6 +9,12 @@ cascade, so every accuracy here is a plain mean of stored flags:
 * worst case at eps: the same for the last stage at that eps (the mean over samples of the
   minimum over attacks, never the minimum of per-attack means).
 
+An escalated run (:mod:`bench.escalation`) has more stages after the cascade, listed in order in its
+escalation record: the worst case at eps is then read at the last escalation stage there (its flags
+already include the cascade and every escalation stage at smaller eps), and a randomized model's
+clean accuracy at its clean-over-draws stage. ``worst_before`` and ``clean_correct_before`` keep the
+cascade's own figures.
+
 Detector runs add the clean rejection rate and, per (attack, eps), the detection ROC-AUC as the
 RCE paper computes it: adversarial inputs that are misclassified (whether rejected or not) against
 the clean inputs that are correctly classified, by their stored detector scores.
@@ -91,6 +97,22 @@ class RunSummary:
     clean_rejected: int = 0
     detection_auc: dict[tuple[str, float], tuple[float, int, int]] = field(default_factory=dict)
     extras: dict[str, ExtraStats] = field(default_factory=dict)
+    worst_before: dict[float, float] = field(default_factory=dict)  # the cascade's own worst case
+    clean_correct_before: int = 0  # the clean pass's own count
+    escalation: dict | None = None  # the run's escalation record (None: not escalated)
+
+    @property
+    def escalated(self) -> bool:
+        return self.escalation is not None and bool(self.escalation.get("stages"))
+
+    @property
+    def escalation_complete(self) -> bool:
+        """Every planned escalation stage is stored for every sample (trivially, when none was planned)."""
+        if not self.escalated:
+            return True
+        n = self.run.n_samples
+        return all((c := self.cells.get((st["label"], float(st["eps"])))) is not None and c.n == n
+                   for st in self.escalation["stages"])  # type: ignore[index]
 
     @property
     def adaptive_applied(self) -> list[str]:
@@ -168,18 +190,27 @@ def summarize_rows(store: Store, run: Run) -> RunSummary:
             broken=sum(r.success for r in rs), robust=sum(r.robust_after for r in rs),
             distances=sorted(float(getattr(r, norm)) for r in rs if r.success and getattr(r, norm) is not None),
             seconds=stages.get((label, eps), [0.0])[0])
-    worst: dict[float, float] = {}
+    worst_before: dict[float, float] = {}
     labels = [a["label"] for a in protocol["attacks"]]
     for eps in protocol["epsilons"]:
         present = [lab for lab in labels if (lab, eps) in cells]
         if present:
-            worst[eps] = cells[(present[-1], eps)].accuracy
-    n_expected_cells = sum(
-        1 for eps in protocol["epsilons"] for a in protocol["attacks"]
-        if a["at"] == "all" or eps == protocol["primary_eps"]
-    )
-    complete = (len(clean) == run.n_samples and len(cells) == n_expected_cells
-                and all(c.n == run.n_samples for c in cells.values()))
+            worst_before[eps] = cells[(present[-1], eps)].accuracy
+    escalation = json.loads(run.escalation_json) if run.escalation_json else None
+    worst = dict(worst_before)
+    clean_correct = clean_before = sum(r.robust_after for r in clean)
+    for st in (escalation or {}).get("stages", []):  # in order: the last stored one at each eps decides
+        cell = cells.get((st["label"], float(st["eps"])))
+        if cell is None or cell.n != run.n_samples:
+            continue
+        if st.get("kind") == "clean":  # a randomized model's clean pass over draws
+            clean_correct = cell.robust
+        else:
+            worst[float(st["eps"])] = cell.accuracy
+    cascade = {(a["label"], float(eps)) for eps in protocol["epsilons"] for a in protocol["attacks"]
+               if a["at"] == "all" or eps == protocol["primary_eps"]}
+    complete = (len(clean) == run.n_samples and all(k in cells for k in cascade)
+                and all(c.n == run.n_samples for k, c in cells.items() if k in cascade))
     detector = json.loads(run.detector_json) if run.detector_json else None
     auc: dict[tuple[str, float], tuple[float, int, int]] = {}
     if detector is not None:
@@ -190,9 +221,10 @@ def summarize_rows(store: Store, run: Run) -> RunSummary:
             if positives and negatives:
                 auc[key] = (100.0 * roc_auc(positives, negatives), len(positives), len(negatives))
     return RunSummary(run=run, protocol=protocol, n_evaluated=len(clean),
-                      clean_correct=sum(r.robust_after for r in clean), cells=cells, worst=worst, complete=complete,
+                      clean_correct=clean_correct, cells=cells, worst=worst, complete=complete,
                       detector=detector, clean_rejected=sum(bool(r.rejected) for r in clean), detection_auc=auc,
-                      extras=extras)
+                      extras=extras, worst_before=worst_before, clean_correct_before=clean_before,
+                      escalation=escalation)
 
 
 def roc_auc(positives: list[float], negatives: list[float]) -> float:

@@ -1,0 +1,176 @@
+"""The escalation policy: which remedies each failed sanity check triggers, and what each remedy runs.
+
+A failed check of severity "unreliable" means the protocol's own attacks were fooled, so the number
+beside the flag is an upper bound, not a measurement. The policy names the attacks that answer each
+diagnosis, from the literature on evaluating defenses:
+
+* **probability outputs** (the cross-entropy of a softmax of probabilities is nearly flat): the
+  protocol's PGD, with the not-converged remedy's steps and restarts, with CE and CW-margin losses
+  on the *log* of the outputs (a model adapter), plus a margin loss on the probabilities themselves
+  (Carlini and Wagner 2017; Carlini et al. 2019, "On Evaluating Adversarial Robustness", section on
+  loss functions).
+* **zero or non-finite gradients, a failed unbounded attack, black-box wins**: BPDA where the model
+  declares an approximation (Athalye et al. 2018, "Obfuscated Gradients Give a False Sense of
+  Security"); transfer from the benchmark's smooth surrogates and from a surrogate *distilled* from
+  the submitted model's own predictions on training images (Papernot et al. 2017's black-box
+  substitute; Tramèr et al. 2020, "On Adaptive Attacks to Adversarial Example Defenses"); and the
+  gradient-free attacks at every eps: Square at AutoAttack's standard 5,000 queries (Croce and Hein
+  2020), random search, SPSA (Uesato et al. 2018) and HopSkipJump (Chen et al. 2020). With the
+  same stages as not-converged (below).
+* **randomized forward**: EOT (Athalye et al. 2018) at every eps, with every verdict (the clean one
+  included) taken over draws by the protocol's ``RANDOMIZED_RULE``.
+* **not converged**: the protocol's PGD with ``steps_factor`` times the steps and ``restarts``
+  restarts, CE and CW losses, at every eps (Carlini et al. 2019: "run more iterations"). The same
+  stages join the gradient remedies: where the CE gradient underflows (a saturated softmax) the
+  margin loss still points the way, and restarts escape flat regions.
+* **single-step wins, accuracy rises with eps or steps** (the attack is not doing its job, cause
+  unknown): every remedy that applies to the model (Pintor et al. 2022, "Indicators of Attack
+  Failure", prescribe fixes per indicator; without the cause, we run them all).
+
+Remedies run on the cascade's survivors at every eps of the grid, as ordinary per-sample stages
+labelled ``esc-...`` with their own seeds; the engine verifies each input and re-runs the model. The
+policy (settings, triggers and the stages it generates for the run's protocol) is hashed into an id
+stored with the run, as the check suite's is: changing anything here means a new version.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from bench.protocol.protocols import RANDOMIZED_RULE, AttackSpec
+
+POLICY: dict[str, Any] = {
+    "name": "escalation-v1",
+    "steps_factor": 4, "restarts": 5,  # the not-converged remedy, as the checks' own probe
+    "distill": {"batch_size": 128, "lr": 1e-3, "seed": 700, "targets": "soft"},
+    "max_rounds": 3,  # escalate, check again, escalate for newly failed checks: at most this many rounds
+    "seed": 600,  # stage seeds are seed + the stage's position in remedy_stages' listing
+}
+# Budgets by protocol size. "quick" (at most 200 samples, the CPU protocols) and "full" run Square at
+# AutoAttack standard's 5,000 queries; the gradient-free attacks get v2's quick or full budgets. "tiny"
+# (at most 40 samples: the smoke-test protocols, never for reporting) shrinks every budget so that
+# tests can run the whole path in seconds.
+SIZES: dict[str, dict[str, Any]] = {
+    "tiny": {"square": {"n_queries": 500}, "random-search": {"n_draws": 200}, "spsa": {"steps": 5, "n_samples": 32},
+             "hopskipjump": {"max_queries": 100}, "surrogate_budget": "tiny",
+             "distill": {"train_images": 2000, "epochs": 1}},
+    "quick": {"square": {"n_queries": 5000}, "random-search": {"n_draws": 1000}, "spsa": {"steps": 20, "n_samples": 64},
+              "hopskipjump": {"max_queries": 300}, "surrogate_budget": "quick",
+              "distill": {"train_images": 10_000, "epochs": 3}},
+    "full": {"square": {"n_queries": 5000}, "random-search": {"n_draws": 10_000},
+             "spsa": {"steps": 100, "n_samples": 128}, "hopskipjump": {"max_queries": 1000},
+             "surrogate_budget": "quick",
+             "distill": {"train_images": 10_000, "epochs": 3}},
+}
+
+GRADIENT_TRIGGERS = ("bad-gradients", "unbounded-attack", "black-box-wins")
+ALL_REMEDIES = ("log-outputs", "bpda", "transfer", "more-steps", "gradient-free", "eot")
+TRIGGERS: dict[str, tuple[str, ...]] = {
+    "probability-outputs": ("log-outputs",),
+    **{name: ("bpda", "transfer", "more-steps", "gradient-free") for name in GRADIENT_TRIGGERS},
+    "randomized-forward": ("eot",),
+    "not-converged": ("more-steps",),
+    **{name: ALL_REMEDIES for name in ("single-step-wins", "rises-with-eps", "rises-with-steps")},
+}
+# When a remedy applies to a model at all (a remedy that does not apply is recorded as skipped).
+CONDITIONS = {
+    "log-outputs": "the model outputs probabilities (the probability-outputs check failed)",
+    "bpda": "a module of the model declares a BPDA approximation (bpda_approx)",
+    "eot": "the model is randomized (declared, or the randomized-forward check failed)",
+}
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One escalation attack: its spec (label, kind, params, seed), the model adapter its attack sees
+    (None, or "log": the log of the outputs) and the remedy it belongs to. It runs at every eps."""
+
+    remedy: str
+    spec: AttackSpec
+    adapter: str | None = None
+
+    def canonical(self) -> dict[str, Any]:
+        return {"remedy": self.remedy, "adapter": self.adapter, **self.spec.canonical()}
+
+
+def _pgd(protocol: dict) -> dict[str, Any]:
+    """The protocol's own PGD (its ``pgd-ce`` stage) parameters, loss excluded."""
+    spec = next(a for a in protocol["attacks"] if a["label"] == "pgd-ce")["params"]
+    return {k: v for k, v in spec.items() if k != "loss"}
+
+
+def size_of(protocol: dict) -> str:
+    n = int(protocol["samples"]["first"])
+    return "tiny" if n <= 40 else "quick" if n <= 200 else "full"
+
+
+def distill_settings(protocol: dict) -> dict[str, Any]:
+    """The distillation's settings for a run's protocol (the policy's, with its size's budget)."""
+    return {**POLICY["distill"], **SIZES[size_of(protocol)]["distill"]}
+
+
+def remedy_stages(protocol: dict) -> list[Stage]:
+    """Every remedy's stages for a run's protocol, in the order they run at each eps."""
+    pgd = _pgd(protocol)
+    more = {**pgd, "steps": POLICY["steps_factor"] * int(pgd["steps"]), "restarts": POLICY["restarts"]}
+    transfer_inner = {"loss": "ce", **pgd, "random_start": True, "early_stop": False}
+    transfer_inner.pop("restarts", None)
+    sizes = SIZES[size_of(protocol)]
+    eot_samples = int(protocol.get("eot_samples", 20))
+    listing: list[tuple[str, str, str, dict[str, Any], str | None]] = [
+        ("log-outputs", "esc-log-pgd-ce", "pgd", {**more, "loss": "ce"}, "log"),
+        ("log-outputs", "esc-log-pgd-cw", "pgd", {**more, "loss": "cw"}, "log"),
+        ("log-outputs", "esc-prob-margin", "pgd", {**more, "loss": "cw"}, None),
+        ("bpda", "esc-bpda-pgd", "bpda", {"inner_kind": "pgd", "inner_params": {**pgd, "loss": "ce"}}, None),
+        ("transfer", "esc-transfer-standard", "transfer",
+         {"surrogate": "standard", "surrogate_budget": sizes["surrogate_budget"], "inner_kind": "pgd",
+          "inner_params": transfer_inner},
+         None),
+        ("transfer", "esc-transfer-pgd", "transfer",
+         {"surrogate": "surrogate-pgd", "surrogate_budget": sizes["surrogate_budget"], "inner_kind": "pgd",
+          "inner_params": transfer_inner}, None),
+        ("transfer", "esc-transfer-distilled", "transfer",
+         {"surrogate": "distilled", "surrogate_budget": "escalation", "inner_kind": "pgd",
+          "inner_params": transfer_inner}, None),
+        ("more-steps", "esc-pgd-ce-more", "pgd", {**more, "loss": "ce"}, None),
+        ("more-steps", "esc-pgd-cw-more", "pgd", {**more, "loss": "cw"}, None),
+        ("gradient-free", "esc-square", "square", {**sizes["square"], "p_init": 0.8}, None),
+        ("gradient-free", "esc-random-search", "random-search", dict(sizes["random-search"]), None),
+        ("gradient-free", "esc-spsa", "spsa", dict(sizes["spsa"]), None),
+        ("gradient-free", "esc-hopskipjump", "hopskipjump", dict(sizes["hopskipjump"]), None),
+        ("eot", "esc-eot-pgd", "eot", {"samples": eot_samples, "inner_kind": "pgd",
+                                       "inner_params": {**pgd, "loss": "ce"}}, None),
+    ]
+    return [Stage(remedy, AttackSpec(label, kind, params, seed=POLICY["seed"] + i), adapter)
+            for i, (remedy, label, kind, params, adapter) in enumerate(listing)]
+
+
+CLEAN_DRAWS = "esc-clean-draws"  # the eps-0 stage of a randomized model: clean correctness over draws
+
+
+def policy_for(protocol: dict) -> tuple[dict[str, Any], str]:
+    """The policy as applied to a run's protocol (settings, triggers, conditions, stages) and its id."""
+    size = size_of(protocol)
+    policy = {**POLICY, "size": size, "sizes": SIZES[size], "distill": distill_settings(protocol),
+              "triggers": {k: list(v) for k, v in TRIGGERS.items()},
+              "conditions": CONDITIONS, "randomized_rule": dict(RANDOMIZED_RULE),
+              "stages": [s.canonical() for s in remedy_stages(protocol)]}
+    digest = hashlib.sha256(json.dumps(policy, sort_keys=True).encode()).hexdigest()[:16]
+    return policy, f"{POLICY['name']}-{size}:{digest}"
+
+
+def triggered(failed_unreliable: Iterable[str]) -> dict[str, list[str]]:
+    """For each failed unreliable check the policy knows, the remedies it calls for."""
+    return {name: list(TRIGGERS[name]) for name in failed_unreliable if name in TRIGGERS}
+
+
+def already_in_cascade(stage: Stage, protocol: dict) -> bool:
+    """Whether the protocol's cascade already runs this very attack (kind and parameters) at every eps."""
+    spec = stage.spec.canonical()
+    return stage.adapter is None and any(
+        a["kind"] == spec["kind"] and a["params"] == spec["params"] and a.get("at", "all") == "all"
+        for a in protocol["attacks"])

@@ -1,0 +1,198 @@
+"""Escalation on models whose answer is known: a flagged run reaches the truth; an honest run is untouched.
+
+* A linear classifier behind a saturated softmax (probability outputs): the optimal L-inf attack on
+  the linear logits is closed-form (``optimal_margin``), so the escalated worst case must equal the
+  optimal accuracy at every eps (the engine verifies every input, so it can never go below it).
+* The same linear classifier with logits: no unreliable flag, no escalation, the very same rows.
+* A randomized model whose per-draw accuracy is known per sample: judged over draws.
+* An escalation killed mid-way resumes to exactly the rows of an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from bench import api
+from bench.checks.suite import CHECKS
+from bench.engine.verify import DrawsRule
+from bench.errors import BenchError
+from bench.escalation.policy import ALL_REMEDIES, TRIGGERS, policy_for, remedy_stages
+from bench.protocol.data import load_split
+from bench.protocol.protocols import PROTOCOLS, RANDOMIZED_RULE, AttackSpec, Protocol
+from bench.store.database import Store
+from tests.conftest import Linear, fit_linear_mnist, optimal_margin
+
+EPS = (0.02, 0.05, 0.1)
+PROTOCOL = Protocol(
+    "test-escalation", "mnist", "test", 40, "Linf", EPS, 0.05,
+    (AttackSpec("fgsm", "fgsm", {}, seed=0),
+     AttackSpec("pgd-ce", "pgd", {"loss": "ce", "steps": 10, "rel_step_size": 0.25, "restarts": 1,
+                                  "random_start": True}, seed=1),
+     AttackSpec("pgd-cw", "pgd", {"loss": "cw", "steps": 10, "rel_step_size": 0.25, "restarts": 1,
+                                  "random_start": True}, seed=2)),
+    chunk_size=20,
+)
+
+
+class SaturatedSoftmax(nn.Module):
+    """softmax(8 * linear(x)): probability rows so saturated that CE on them loses the gradient of some
+    samples (the cascade misses the optimum) while their log still has it."""
+
+    def __init__(self, linear: Linear) -> None:
+        super().__init__()
+        self.linear = linear
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(8.0 * self.linear(x), dim=1)
+
+
+@pytest.fixture(scope="module")
+def linear() -> Linear:
+    return fit_linear_mnist()
+
+
+def _optimal_accuracy(model: Linear, eps: float) -> float:
+    x, y = load_split("mnist", "test")
+    x, y = x[:PROTOCOL.n_samples], y[:PROTOCOL.n_samples]
+    with torch.no_grad():
+        correct = model(x).argmax(1) == y
+        robust = correct & (optimal_margin(model, x, y, eps) > 0)
+    return 100.0 * float(robust.sum()) / PROTOCOL.n_samples
+
+
+def test_every_unreliable_check_has_a_remedy_and_the_policy_is_pinned() -> None:
+    unreliable = {name for name, c in CHECKS.items() if c.severity == "unreliable"}
+    assert unreliable <= set(TRIGGERS), unreliable - set(TRIGGERS)
+    assert all(set(v) <= set(ALL_REMEDIES) for v in TRIGGERS.values())
+    proto = json.loads(PROTOCOLS["mnist-linf-quick-v1"].canonical_json())
+    stages = remedy_stages(proto)
+    assert len({s.spec.label for s in stages}) == len(stages) and all(s.spec.label.startswith("esc-") for s in stages)
+    assert {s.remedy for s in stages} == set(ALL_REMEDIES)
+    square = next(s for s in stages if s.spec.kind == "square")
+    assert square.spec.params["n_queries"] == 5000  # AutoAttack standard's budget on the reporting protocols
+    # the id covers the stages it generates for the protocol (the stored record says which policy ran)
+    assert policy_for(proto)[1] != policy_for(json.loads(PROTOCOLS["mnist-linf-v1"].canonical_json()))[1]
+    assert policy_for(proto)[1] == POLICY_QUICK_V1
+
+
+POLICY_QUICK_V1 = "escalation-v1-quick:4307543ec427f174"  # changing the policy needs a new version
+
+
+def test_probability_outputs_escalate_to_the_closed_form_optimum(tmp_path: Path, linear: Linear, one_thread) -> None:
+    model = SaturatedSoftmax(linear).eval()
+    report = api.evaluate(model, PROTOCOL, store=Store(tmp_path / "p.db"), name="softmax", home=tmp_path / "ws")
+    assert report.unreliable and "probability-outputs" in {c.name for c in report.flags}
+    esc = report.escalation
+    assert esc is not None and "log-outputs" in esc.remedies
+    for eps in EPS:
+        optimum = _optimal_accuracy(linear, eps)
+        assert report.worst_case[eps] >= optimum - 1e-9  # the engine verified every input
+        assert report.worst_case[eps] <= optimum + 100.0 / PROTOCOL.n_samples, (eps, report.worst_case, optimum)
+    assert any(report.worst_case_before_escalation[e] > report.worst_case[e] for e in EPS)  # the cascade was fooled
+    assert list(report.worst_case.values()) == sorted(report.worst_case.values(), reverse=True)  # nested balls
+    assert report.unreliable  # the flag stays: the protocol's own attacks were fooled
+    assert esc.checks_after["probability-outputs"] == "fail"  # a model fact, still true after escalation
+    # every escalation row is an ordinary, engine-verified row inside its ball
+    store = Store(tmp_path / "p.db")
+    rows = [r for r in store.results(report.run_id) if r.attack.startswith("esc-")]
+    assert rows and all(r.linf is None or r.linf <= r.eps + 1e-5 for r in rows)
+    assert {s.seed for s in store.stages(report.run_id) if s.attack.startswith("esc-")} >= {600, 601}
+    # the site shows what ran and what it broke, and the escalated worst case
+    index = api.leaderboard(store=store, out=tmp_path / "site")
+    assert 'class="badge escalated"' in index.read_text()
+    page = next((tmp_path / "site" / "runs").glob("*.html")).read_text()
+    assert 'id="escalation"' in page and 'data-attack="esc-log-pgd-ce"' in page and 'data-remedy="log-outputs"' in page
+    assert "evaluation possibly unreliable" in page.lower()
+
+
+def test_an_honest_model_runs_no_escalation_and_keeps_its_rows(tmp_path: Path, linear: Linear, one_thread) -> None:
+    on = api.evaluate(linear, PROTOCOL, store=Store(tmp_path / "on.db"), name="lin", home=tmp_path / "ws")
+    off = api.evaluate(linear, PROTOCOL, store=Store(tmp_path / "off.db"), name="lin", escalation=False,
+                       home=tmp_path / "ws")
+    assert not on.unreliable and on.escalation is None
+    key = [(r.attack, r.eps, r.sample, r.robust_after, r.pred, r.linf) for r in Store(tmp_path / "on.db").results(1)]
+    assert key == [(r.attack, r.eps, r.sample, r.robust_after, r.pred, r.linf)
+                   for r in Store(tmp_path / "off.db").results(1)]
+    assert Store(tmp_path / "on.db").run(on.run_id).escalation_json is None and on.worst_case == off.worst_case
+
+
+class Coin(nn.Module):
+    """Right with probability 0.9 on images brighter than the median, 0.1 on the others, per draw."""
+
+    def __init__(self, linear: Linear, threshold: float) -> None:
+        super().__init__()
+        self.linear, self.threshold = linear, threshold
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        logits = self.linear(x)
+        p = torch.where(x.flatten(1).mean(1) > self.threshold, 0.9, 0.1)
+        right = torch.rand(x.shape[0]) < p
+        wrong = logits.scatter(1, logits.argmax(1, keepdim=True), float("-inf")).argmax(1)
+        keep = torch.where(right, logits.argmax(1), wrong)
+        return 0.01 * logits + 10.0 * nn.functional.one_hot(keep, logits.shape[1]).float()
+
+
+def test_a_declared_randomized_model_is_judged_over_draws(tmp_path: Path, linear: Linear, one_thread) -> None:
+    x, y = load_split("mnist", "test")
+    x, y = x[:PROTOCOL.n_samples], y[:PROTOCOL.n_samples]
+    threshold = float(x.flatten(1).mean(1).median())
+    model = Coin(linear, threshold).eval()
+    with torch.no_grad():
+        base_right = linear(x).argmax(1) == y
+    bright = x.flatten(1).mean(1) > threshold
+    report = api.evaluate(model, PROTOCOL, store=Store(tmp_path / "r.db"), name="coin", randomized=True,
+                          checks=False)
+    clean = {r.sample: r.robust_after for r in Store(tmp_path / "r.db").results(report.run_id) if r.attack == "clean"}
+    # right in >= 6 of 10 draws: nearly always for p = 0.9 (when the linear model is right), almost never for 0.1
+    expected = {i for i in range(PROTOCOL.n_samples) if bool(base_right[i]) and bool(bright[i])}
+    got = {i for i, ok in clean.items() if ok}
+    assert len(got ^ expected) <= 2, (sorted(got - expected), sorted(expected - got))
+    stored = json.loads(Store(tmp_path / "r.db").run(report.run_id).protocol_json)
+    assert stored["randomized_rule"] == dict(RANDOMIZED_RULE)
+
+
+def test_draws_rule_is_seeded_and_leaves_the_callers_random_state(linear: Linear) -> None:
+    x, y = load_split("mnist", "test")
+    x, y = x[:40], y[:40]
+    model = Coin(linear, float(x.flatten(1).mean(1).median())).eval()
+    rule = DrawsRule(**RANDOMIZED_RULE)
+    torch.manual_seed(5)
+    state = torch.get_rng_state()
+    a = rule.verdict(model, x, y, 20, "stage", 0.1, 0)
+    assert torch.equal(torch.get_rng_state(), state)
+    b = rule.verdict(model, x, y, 20, "stage", 0.1, 0)
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+
+
+def test_a_killed_escalation_resumes_to_the_same_rows(tmp_path: Path, linear: Linear, one_thread) -> None:
+    model = SaturatedSoftmax(linear).eval()
+    ref = api.evaluate(model, PROTOCOL, store=Store(tmp_path / "ref.db"), name="softmax", home=tmp_path / "ws")
+    calls = []
+
+    def kill_after_three(label: str, eps: float, done: int, total: int) -> None:
+        if label.startswith("esc-"):
+            calls.append(label)
+            if len(calls) == 3:
+                raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        api.evaluate(model, PROTOCOL, store=Store(tmp_path / "k.db"), name="softmax", home=tmp_path / "ws",
+                     progress=kill_after_three)
+    partial = Store(tmp_path / "k.db")
+    assert json.loads(partial.run(1).escalation_json)["stages"]  # the plan was stored before its stages
+    again = api.evaluate(model, PROTOCOL, store=Store(tmp_path / "k.db"), name="softmax", home=tmp_path / "ws")
+
+    def rows(db: Path) -> list[tuple]:
+        return [(r.attack, r.eps, r.sample, r.attacked, r.robust_after, r.pred) for r in Store(db).results(1)]
+
+    assert rows(tmp_path / "k.db") == rows(tmp_path / "ref.db") and again.worst_case == ref.worst_case
+
+
+def test_check_without_a_run_is_one_line_error(tmp_path: Path, linear: Linear) -> None:
+    with pytest.raises(BenchError):
+        api.check(SaturatedSoftmax(linear), PROTOCOL, store=Store(tmp_path / "none.db"), name="softmax")
