@@ -22,10 +22,12 @@ from torch import nn
 
 from bench import api
 from bench.checks.suite import CHECKS
+from bench.protocol.protocols import Protocol
 from bench.report.summary import summarize
 from bench.store.database import Store
 from tests.zoo import (
     EPS,
+    ZOO,
     ZOO_PROTOCOL,
     ClampedLogits,
     Detached,
@@ -117,3 +119,63 @@ def test_reference_attack_on_a_randomized_model_is_seeded(honest: nn.Module, sam
     runs = [reference_accuracy("Noisy", model, x[:20], y[:20], 0.2, steps=10, restarts=1, eot=5) for _ in range(2)]
     assert runs[0] == runs[1] < reference_accuracy("Noisy", model, x[:20], y[:20], 0.0)
     assert torch.equal(state, torch.random.get_rng_state())
+
+
+# ---- escalation: every flagged mechanism ends within 3 points of its reference at every eps --------
+
+def _escalated(home: Path, db: Path, name: str, protocol: str | Protocol, honest: nn.Module):
+    """The zoo model ``name`` evaluated, checked and escalated through the API (the model's own noise
+    does not depend on the caller's random state: every stage is seeded)."""
+    model = (honest if name == "honest" else ZOO[name](honest)).eval()
+    report = api.evaluate(model, protocol, store=Store(db), name=name.lower(), home=home)
+    proto = report.summary.protocol
+    x, y = samples_of(int(proto["samples"]["first"]))
+    reference = {float(e): reference_accuracy(name, model, x, y, float(e)) for e in proto["epsilons"]}
+    return report, reference
+
+
+def samples_of(n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    from bench.protocol.data import load_split
+
+    x, y = load_split("mnist", "test")
+    return x[:n], y[:n]
+
+
+def _assert_within_reference(report, reference: dict[float, float], name: str) -> None:
+    assert report.unreliable, (name, [c.name for c in report.flags])
+    assert report.escalation is not None and report.escalation.remedies, name
+    worst = report.worst_case
+    assert list(worst.values()) == sorted(worst.values(), reverse=True), (name, worst)  # nested balls
+    for eps, ref in reference.items():
+        assert worst[eps] <= ref + 3.0, (name, eps, worst, reference, report.worst_case_before_escalation)
+        assert worst[eps] <= report.worst_case_before_escalation[eps]
+
+
+def test_escalation_reaches_the_log_probability_reference(tmp_path: Path, honest: nn.Module, one_thread) -> None:
+    """The default suite's case: probability outputs escalate to PGD on their log (no surrogate needed)."""
+    report, reference = _escalated(tmp_path / "ws", tmp_path / "p.db", "Probabilities", ZOO_PROTOCOL, honest)
+    _assert_within_reference(report, reference, "Probabilities")
+    assert set(report.escalation.remedies) == {"log-outputs"}
+
+
+@pytest.fixture(scope="module")
+def zoo_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One workspace for the slow zoo runs: the transfer surrogates are trained once."""
+    return tmp_path_factory.mktemp("zoo-home")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("protocol", ["mnist-linf-quick-v1", "mnist-linf-quick-v2"])
+@pytest.mark.parametrize("name", list(ZOO))
+def test_every_masking_mechanism_escalates_to_its_reference(zoo_home: Path, honest: nn.Module, name: str,
+                                                            protocol: str, one_thread) -> None:
+    report, reference = _escalated(zoo_home, zoo_home / f"{name}-{protocol}.db", name, protocol, honest)
+    _assert_within_reference(report, reference, name)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("protocol", ["mnist-linf-quick-v1", "mnist-linf-quick-v2"])
+def test_the_honest_model_runs_no_escalation(zoo_home: Path, honest: nn.Module, protocol: str, one_thread) -> None:
+    report, reference = _escalated(zoo_home, zoo_home / f"honest-{protocol}.db", "honest", protocol, honest)
+    assert not report.unreliable and report.escalation is None
+    assert report.worst_case == report.worst_case_before_escalation

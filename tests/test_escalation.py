@@ -108,6 +108,9 @@ def test_probability_outputs_escalate_to_the_closed_form_optimum(tmp_path: Path,
     page = next((tmp_path / "site" / "runs").glob("*.html")).read_text()
     assert 'id="escalation"' in page and 'data-attack="esc-log-pgd-ce"' in page and 'data-remedy="log-outputs"' in page
     assert "evaluation possibly unreliable" in page.lower()
+    info = json.loads(next(iter(api.export("json", store=store, out=tmp_path / "json"))).read_text())
+    assert info["gauntlet"]["escalation"]["remedies"] == list(esc.remedies)
+    assert info["gauntlet"]["worst_case_by_eps"] == {str(e): w for e, w in report.worst_case.items()}
 
 
 def test_an_honest_model_runs_no_escalation_and_keeps_its_rows(tmp_path: Path, linear: Linear, one_thread) -> None:

@@ -15,7 +15,9 @@ Added keys: ``worst_case_acc`` (worst case over the cascade at the primary eps),
 (that worst case with the samples the sanity checks exposed counted as broken, see
 :attr:`bench.report.summary.CheckedSummary.ranked_worst`), ``flags`` (failed check names, unreliable first) and
 ``gauntlet`` (provenance: run id, entry, protocol and fingerprint, checkpoint hash, code version,
-budget, seeds, sample counts, worst case per eps). Accuracies are percentages, unrounded; a
+budget, seeds, sample counts, worst case per eps; for an escalated run, ``escalation``: its policy,
+remedies, the protocol's own worst case per eps and the seconds it took). An escalated run's
+``clean_acc`` and worst cases include its escalation stages. Accuracies are percentages, unrounded; a
 figure that was not measured (AutoAttack not in the protocol, no row at the primary eps) is null.
 
 :func:`export_csv` writes every stored per-sample row of a run (the raw material of every figure):
@@ -132,6 +134,15 @@ def model_info(s: CheckedSummary, entry: Entry | None) -> dict[str, Any]:
         "detector": s.detector is not None,
         "clean_rejection_rate": _num(s.clean_rejection_rate),
     }
+    if s.escalated and s.escalation is not None:  # only escalated runs carry the key: others export as before
+        rounds = s.escalation.get("rounds", [])
+        info["gauntlet"]["escalation"] = {
+            "policy": s.escalation.get("policy"),
+            "remedies": [r for rnd in rounds for r in rnd.get("remedies", [])],
+            "worst_case_before_by_eps": {str(float(e)): _num(w) for e, w in sorted(s.worst_before.items())},
+            "clean_acc_before": _num(100.0 * s.clean_correct_before / s.n_evaluated) if s.n_evaluated else None,
+            "seconds": _num(float(s.escalation.get("seconds", 0.0))),
+        }
     return info
 
 
