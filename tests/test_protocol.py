@@ -41,3 +41,12 @@ def test_any_change_changes_the_fingerprint() -> None:
 def test_unknown_protocol_is_a_one_line_error() -> None:
     with pytest.raises(BenchError, match="unknown protocol 'nope'"):
         get_protocol("nope")
+
+
+def test_the_randomized_rule_and_calibration_set_are_pinned() -> None:
+    """Rules every protocol applies beside its fingerprinted fields: changing them needs a new version."""
+    from bench.protocol.protocols import CALIBRATION_SAMPLES, RANDOMIZED_RULE
+
+    assert dict(RANDOMIZED_RULE) == {"draws": 10, "min_correct": 6, "seed": 500}  # a majority of 10 draws
+    assert RANDOMIZED_RULE["min_correct"] * 2 > RANDOMIZED_RULE["draws"]
+    assert CALIBRATION_SAMPLES == 1000

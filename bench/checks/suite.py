@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from dataclasses import replace
 
 import torch
 
@@ -140,12 +141,13 @@ def load_results(store: Store, run_id: int) -> list[CheckResult]:
 
 def run_checks(store: Store, run_id: int, model: torch.nn.Module, *, data_dir: str | None = None,
                device: str = "cpu", batch_size: int | None = None,
-               progress: Callable[[str], None] | None = None, persist: bool = True) -> list[CheckResult]:
+               progress: Callable[[str], None] | None = None, after_escalation: bool = False) -> list[CheckResult]:
     """Run the suite on a stored run with its model and store the results (replacing earlier ones).
 
-    ``persist`` off returns the results without storing them: the escalation's checks run again
-    after its stages (their survivors are the escalated ones), while the stored checks stay the
-    diagnosis that triggered it.
+    The stored checks are the diagnosis: they read the protocol's own cascade, never an escalation's
+    rows, so running them again on an escalated run gives what the cascade alone gives.
+    ``after_escalation`` runs them on the escalated run instead (its survivors and worst case) and
+    returns them without storing them: the escalation records them as its "checks after".
     """
     from attacks import make_attack
     from attacks.base import PassCounter, prepare_model
@@ -159,6 +161,9 @@ def run_checks(store: Store, run_id: int, model: torch.nn.Module, *, data_dir: s
         raise BenchError(f"run {run_id} not found")
     proto = json.loads(run.protocol_json)
     summary = summarize_rows(store, run)
+    if not after_escalation:  # the cascade's own figures
+        summary = replace(summary, worst=dict(summary.worst_before), clean_correct=summary.clean_correct_before,
+                          escalation=None)
     if not summary.complete:
         raise BenchError(f"run {run_id} ({run.entry_id} on {run.protocol}) is partial: finish it before checking it")
     rows = store.results(run_id)
@@ -179,6 +184,6 @@ def run_checks(store: Store, run_id: int, model: torch.nn.Module, *, data_dir: s
         n_classes = int(model(x[:1]).shape[1])
     prober = Prober(PassCounter(model), bs, detector, make_attack, context)  # as the engine wraps it
     results = run_suite(CheckInputs(proto, rows, summary, x, y, prober, detector is not None, n_classes), progress)
-    if persist:
+    if not after_escalation:
         store_results(store, run_id, results, suite_for(proto)[1])
     return results

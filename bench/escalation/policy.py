@@ -9,10 +9,12 @@ diagnosis, from the literature on evaluating defenses:
   on the *log* of the outputs (a model adapter), plus a margin loss on the probabilities themselves
   (Carlini and Wagner 2017; Carlini et al. 2019, "On Evaluating Adversarial Robustness", section on
   loss functions).
-* **zero or non-finite gradients, a failed unbounded attack, black-box wins**: BPDA where the model
-  declares an approximation (Athalye et al. 2018, "Obfuscated Gradients Give a False Sense of
-  Security"); transfer from the benchmark's smooth surrogates and from a surrogate *distilled* from
-  the submitted model's own predictions on training images (Papernot et al. 2017's black-box
+* **zero or non-finite gradients, a failed unbounded attack, black-box wins**: BPDA (PGD with the
+  not-converged remedy's steps and restarts, CE and CW) where the model declares an approximation,
+  or through the identity in place of every shape-preserving submodule whose input gradient vanishes
+  (Athalye et al. 2018, "Obfuscated Gradients Give a False Sense of Security";
+  :mod:`bench.escalation.shattered`); transfer from the benchmark's smooth surrogates and from a
+  surrogate *distilled* from the submitted model's own predictions on training images (Papernot et al. 2017's black-box
   substitute; Tramèr et al. 2020, "On Adaptive Attacks to Adversarial Example Defenses"); and the
   gradient-free attacks at every eps: Square at AutoAttack's standard 5,000 queries (Croce and Hein
   2020), random search, SPSA (Uesato et al. 2018) and HopSkipJump (Chen et al. 2020). With the
@@ -78,9 +80,10 @@ TRIGGERS: dict[str, tuple[str, ...]] = {
 }
 # When a remedy applies to a model at all (a remedy that does not apply is recorded as skipped).
 CONDITIONS = {
-    "log-outputs": "the model outputs probabilities (the probability-outputs check failed)",
-    "bpda": "a module of the model declares a BPDA approximation (bpda_approx)",
-    "eot": "the model is randomized (declared, or the randomized-forward check failed)",
+    "log-outputs": "probability outputs (the probability-outputs check failed)",
+    "bpda": "a module that declares a BPDA approximation (bpda_approx), or a shape-preserving module whose "
+            "input gradient vanishes (given the identity)",
+    "eot": "a randomized model (declared, or the randomized-forward check failed)",
 }
 
 
@@ -125,7 +128,8 @@ def remedy_stages(protocol: dict) -> list[Stage]:
         ("log-outputs", "esc-log-pgd-ce", "pgd", {**more, "loss": "ce"}, "log"),
         ("log-outputs", "esc-log-pgd-cw", "pgd", {**more, "loss": "cw"}, "log"),
         ("log-outputs", "esc-prob-margin", "pgd", {**more, "loss": "cw"}, None),
-        ("bpda", "esc-bpda-pgd", "bpda", {"inner_kind": "pgd", "inner_params": {**pgd, "loss": "ce"}}, None),
+        ("bpda", "esc-bpda-pgd-ce", "bpda", {"inner_kind": "pgd", "inner_params": {**more, "loss": "ce"}}, None),
+        ("bpda", "esc-bpda-pgd-cw", "bpda", {"inner_kind": "pgd", "inner_params": {**more, "loss": "cw"}}, None),
         ("transfer", "esc-transfer-standard", "transfer",
          {"surrogate": "standard", "surrogate_budget": sizes["surrogate_budget"], "inner_kind": "pgd",
           "inner_params": transfer_inner},

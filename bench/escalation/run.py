@@ -52,11 +52,13 @@ from bench.escalation.policy import (
     remedy_stages,
     triggered,
 )
+from bench.escalation.shattered import declared_identity, shattered_modules
 from bench.protocol.data import load_split
 from bench.protocol.protocols import RANDOMIZED_RULE, AttackSpec
 from bench.store.database import Result, Store
 
 StageProgress = Callable[[str, float, int, int], None]
+PROBE_IMAGES = 20  # the images on which shattered modules are looked for
 
 
 def unreliable_failures(checks: list[CheckResult]) -> list[str]:
@@ -101,11 +103,13 @@ def escalate(store: Store, run_id: int, model: nn.Module, *, surrogates: Surroga
     judged = prepare_model(model, dev)
     pc = PassCounter(judged)
     randomized = "randomized_rule" in proto or "randomized-forward" in failed
-    applies = {"log-outputs": "probability-outputs" in failed, "bpda": bool(bpda_modules(judged)),
-               "eot": randomized}
     x_all, y_all = load_split(proto["dataset"], proto["split"], data_dir)
     n = run.n_samples
     x, y = x_all[:n].to(dev), y_all[:n].to(dev)
+    shattered = shattered_modules(judged, x[:PROBE_IMAGES])
+    record["bpda_identity_modules"] = [name for name, _ in shattered]
+    applies = {"log-outputs": "probability-outputs" in failed, "bpda": bool(bpda_modules(judged) or shattered),
+               "eot": randomized}
     detector = None
     if has_detector(judged):
         if run.detector_json is None:
@@ -126,9 +130,10 @@ def escalate(store: Store, run_id: int, model: nn.Module, *, surrogates: Surroga
                 break
             store.set_escalation(run_id, json.dumps(record, sort_keys=True))
         if "after" not in rnd:
-            _run_round(store, run, proto, record, number, pc, x, y, bs, detector, context, draws, progress)
+            with declared_identity([m for _, m in shattered]):  # read by the BPDA stages only
+                _run_round(store, run, proto, record, number, pc, x, y, bs, detector, context, draws, progress)
             after = run_checks(store, run_id, model, data_dir=data_dir, device=device, batch_size=batch_size,
-                               progress=check_progress, persist=False)
+                               progress=check_progress, after_escalation=True)
             rnd["after"] = {c.name: c.status for c in after}
             rnd["exposed_at_primary"] = sorted(set().union(*(c.exposed for c in after)))
             rnd["after_failed"] = unreliable_failures(after)
