@@ -158,7 +158,7 @@ def compare_protocols(summaries: list[CheckedSummary]) -> list[dict]:
         for s in runs:
             cells.setdefault(s.run.entry_id, {})[s.run.protocol] = s
         rows = [{"entry": e, "by": {n: (by[n].worst.get(by[n].primary_eps) if n in by else None) for n in names},
-                 "unreliable": {n: by[n].unreliable for n in by},
+                 "unreliable": {n: by[n].unreliable for n in by}, "escalated": {n: by[n].escalated for n in by},
                  "slugs": {n: run_slug(by[n]) for n in by}} for e, by in sorted(cells.items())]
         out.append({"dataset": ds, "names": names, "rows": rows})
     return out

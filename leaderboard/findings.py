@@ -137,10 +137,11 @@ def _detection(summaries: list[CheckedSummary], paper: str) -> list[Finding]:
         return [f1, Finding(paper, claim2, MISSING, "needs a v2 run (detector-aware attacks)", [s])]
     before = [a for a in s.attack_labels if a not in adaptive and (a, s.primary_eps) in s.cells]
     acc_before = s.cells[(before[-1], s.primary_eps)].accuracy
-    drop = acc_before - _worst(s)
-    f2 = Finding(paper, claim2, FAILS if drop > noise(acc_before, s.run.n_samples, _worst(s), s.run.n_samples)
+    after = s.worst_before.get(s.primary_eps, float("nan"))  # the cascade's: an escalation is not the adaptive attack
+    drop = acc_before - after
+    f2 = Finding(paper, claim2, FAILS if drop > noise(acc_before, s.run.n_samples, after, s.run.n_samples)
                  else HOLDS, f"{', '.join(adaptive)} lowered accuracy at eps {s.primary_eps:g} from {acc_before:.1f}% "
-                 f"to {_worst(s):.1f}%", [s])
+                 f"to {after:.1f}%", [s])
     return [f1, f2]
 
 

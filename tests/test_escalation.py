@@ -192,6 +192,8 @@ def test_a_killed_escalation_resumes_to_the_same_rows(tmp_path: Path, linear: Li
                      progress=kill_after_three)
     partial = Store(tmp_path / "k.db")
     assert json.loads(partial.run(1).escalation_json)["stages"]  # the plan was stored before its stages
+    half = api.report(1, store=partial)
+    assert half.worst_case == half.worst_case_before_escalation  # never half an escalation in the numbers
     again = api.evaluate(model, PROTOCOL, store=Store(tmp_path / "k.db"), name="softmax", home=tmp_path / "ws")
 
     def rows(db: Path) -> list[tuple]:
@@ -223,3 +225,11 @@ def test_shattered_modules_are_found_and_declared_only_for_the_stage() -> None:
     with declared_identity([m for _, m in found]):
         assert bpda_modules(masked) == [masked[3]]
     assert bpda_modules(masked) == [] and "bpda_approx" not in vars(masked[3])
+
+
+def test_an_unreadable_escalation_record_is_a_one_line_error(tmp_path: Path, linear: Linear) -> None:
+    store = Store(tmp_path / "c.db")
+    report = api.evaluate(linear, PROTOCOL, store=store, name="lin", checks=False)
+    store.set_escalation(report.run_id, '{"policy": "escalation-v1-quick:x", "stages": [{"label": 1}]}')
+    with pytest.raises(BenchError, match="escalation record is unreadable"):
+        api.report(report.run_id, store=store)

@@ -36,7 +36,7 @@ from bench.engine.extras import run_extra
 from bench.engine.verify import DetectorRule, DrawsRule, check_bounds, has_detector, judged_verdict, predict
 from bench.errors import BenchError
 from bench.protocol.data import load_split
-from bench.protocol.protocols import CALIBRATION_SAMPLES, RANDOMIZED_RULE, AttackSpec, Protocol
+from bench.protocol.protocols import CALIBRATION_SAMPLES, AttackSpec, Protocol
 from bench.store.database import Result, Stage, Store, packages_json
 from registry.entry import Entry
 
@@ -132,7 +132,10 @@ def evaluate(
                                    dev, bs)
                 if has_detector(target.model) else None)
     model = PassCounter(prepare_model(target.model, dev))
-    draws = DrawsRule(**RANDOMIZED_RULE) if entry.randomized else None  # declared randomized: judged over draws
+    # a randomized run is judged over draws by the rule its stored protocol JSON names (a run stored before
+    # the rule existed keeps its single-draw verdicts: resumed chunks must follow the same rule as the others)
+    stored_rule = json.loads(run.protocol_json).get("randomized_rule")
+    draws = DrawsRule(**stored_rule) if stored_rule else None
     context = AttackContext(surrogates=surrogates, detector_threshold=None if detector is None else detector.threshold)
 
     stages = [("clean", 0.0)] + applied.stages()

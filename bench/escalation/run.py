@@ -56,6 +56,7 @@ from bench.escalation.shattered import declared_identity, shattered_modules
 from bench.protocol.data import load_split
 from bench.protocol.protocols import RANDOMIZED_RULE, AttackSpec
 from bench.store.database import Result, Store
+from bench.store.summary import load_escalation
 
 StageProgress = Callable[[str, float, int, int], None]
 PROBE_IMAGES = 20  # the images on which shattered modules are looked for
@@ -90,7 +91,7 @@ def escalate(store: Store, run_id: int, model: nn.Module, *, surrogates: Surroga
     if not failed:
         return None
     policy, policy_id = policy_for(proto)
-    record: dict[str, Any] | None = json.loads(run.escalation_json) if run.escalation_json else None
+    record: dict[str, Any] | None = load_escalation(run)
     if record is not None and record.get("policy") != policy_id:
         return record  # escalated under another policy: kept as stored (its rows follow that policy)
     if is_settled(record):
@@ -102,14 +103,13 @@ def escalate(store: Store, run_id: int, model: nn.Module, *, surrogates: Surroga
     dev = torch.device(device)
     judged = prepare_model(model, dev)
     pc = PassCounter(judged)
-    randomized = "randomized_rule" in proto or "randomized-forward" in failed
+    declared_random = "randomized_rule" in proto
     x_all, y_all = load_split(proto["dataset"], proto["split"], data_dir)
     n = run.n_samples
     x, y = x_all[:n].to(dev), y_all[:n].to(dev)
     shattered = shattered_modules(judged, x[:PROBE_IMAGES])
     record["bpda_identity_modules"] = [name for name, _ in shattered]
-    applies = {"log-outputs": "probability-outputs" in failed, "bpda": bool(bpda_modules(judged) or shattered),
-               "eot": randomized}
+    can_bpda = bool(bpda_modules(judged) or shattered)
     detector = None
     if has_detector(judged):
         if run.detector_json is None:
@@ -118,30 +118,38 @@ def escalate(store: Store, run_id: int, model: nn.Module, *, surrogates: Surroga
     provider = _provider(surrogates, cache_dir, judged, run.checkpoint_sha256, proto["dataset"], data_dir, device,
                          policy["distill"])  # the size's distillation settings (policy_for merges them)
     context = AttackContext(surrogates=provider, detector_threshold=None if detector is None else detector.threshold)
-    draws = DrawsRule(**RANDOMIZED_RULE) if randomized else None
     bs = batch_size or int(proto.get("chunk_size", 100))
-    pending = failed
+    pending, seen = failed, set(failed)
     for number in range(int(POLICY["max_rounds"])):
         if number < len(record["rounds"]):
             rnd = record["rounds"][number]
         else:
+            # what applies is decided per round, from every check failed so far (a randomized forward found
+            # only by a later round's checks still gets EOT, and its verdicts over draws from then on)
+            randomized = declared_random or "randomized-forward" in seen
+            applies = {"log-outputs": "probability-outputs" in seen, "bpda": can_bpda, "eot": randomized}
             rnd = _plan_round(record, number, pending, proto, applies, randomized)
             if rnd is None:
                 break
             store.set_escalation(run_id, json.dumps(record, sort_keys=True))
         if "after" not in rnd:
+            draws = DrawsRule(**RANDOMIZED_RULE) if rnd["draws"] else None
             with declared_identity([m for _, m in shattered]):  # read by the BPDA stages only
                 _run_round(store, run, proto, record, number, pc, x, y, bs, detector, context, draws, progress)
             after = run_checks(store, run_id, model, data_dir=data_dir, device=device, batch_size=batch_size,
                                progress=check_progress, after_escalation=True)
+            survivors = _latest(proto, store.results(run_id), record, number + 1, n)[float(proto["primary_eps"])]
+            alive = set(survivors.nonzero()[:, 0].tolist())
             rnd["after"] = {c.name: c.status for c in after}
-            rnd["exposed_at_primary"] = sorted(set().union(*(c.exposed for c in after)))
+            # only what the escalation left standing: a v2 probe's stored rows were run on the cascade's survivors
+            rnd["exposed_at_primary"] = sorted(set().union(*(c.exposed for c in after)) & alive)
             rnd["after_failed"] = unreliable_failures(after)
             record["seconds"] = float(record.get("seconds", 0.0)) + time.perf_counter() - t0
             record["distill_seconds"] = float(record.get("distill_seconds", 0.0)) + provider.seconds
             provider.seconds, t0 = 0.0, time.perf_counter()
             store.set_escalation(run_id, json.dumps(record, sort_keys=True))
         pending = rnd["after_failed"]
+        seen |= set(pending)
     if record["rounds"]:
         record["rounds"][-1]["final"] = True
     store.set_escalation(run_id, json.dumps(record, sort_keys=True))
@@ -150,16 +158,24 @@ def escalate(store: Store, run_id: int, model: nn.Module, *, surrogates: Surroga
 
 def _plan_round(record: dict, number: int, failed: list[str], proto: dict, applies: dict[str, bool],
                 randomized: bool) -> dict | None:
-    """Plan round ``number`` for the failed checks: its remedies and stages (None: nothing new to run)."""
-    done = {r for rnd in record["rounds"] for r in rnd["remedies"]} | \
-        {r for rnd in record["rounds"] for r in rnd["skipped"]}
+    """Plan round ``number`` for the failed checks: its remedies and stages (None: nothing new to run;
+    what was skipped is then noted on the last round, which stays the one whose checks count)."""
+    done = {r for rnd in record["rounds"] for r in [*rnd["remedies"], *rnd["skipped"], *rnd.get("skipped_later", {})]}
     triggers = triggered(failed)
     wanted = [r for r in ALL_REMEDIES if any(r in v for v in triggers.values()) and r not in done]
     skipped = {r: f"not applicable: needs {CONDITIONS[r]}" for r in wanted if not applies.get(r, True)}
     remedies = [r for r in wanted if r not in skipped]
-    stages = [s for s in remedy_stages(proto) if s.remedy in remedies]
-    duplicates = [s.spec.label for s in stages if already_in_cascade(s, proto)]
-    stages = [s for s in stages if s.spec.label not in duplicates]
+    ran = {_signature(st) for st in record["stages"]}
+    stages, duplicates = [], []
+    for s in remedy_stages(proto):
+        if s.remedy not in remedies:
+            continue
+        sig = _signature(s.canonical())
+        if already_in_cascade(s, proto) or sig in ran:  # the same attack already runs at every eps
+            duplicates.append(s.spec.label)
+            continue
+        ran.add(sig)
+        stages.append(s)
     planned: list[dict[str, Any]] = []
     if randomized and not any(st["label"] == CLEAN_DRAWS for st in record["stages"]):
         planned.append({"label": CLEAN_DRAWS, "eps": 0.0, "remedy": "eot", "kind": "clean", "params": {},
@@ -168,16 +184,21 @@ def _plan_round(record: dict, number: int, failed: list[str], proto: dict, appli
         for s in stages:
             planned.append({**s.canonical(), "eps": float(eps), "round": number})
     if not planned:
-        if remedies or skipped:
-            record["rounds"].append({"round": number, "triggers": triggers, "remedies": remedies, "skipped": skipped,
-                                     "already_in_cascade": duplicates, "after": {}, "after_failed": [],
-                                     "exposed_at_primary": []})
+        if record["rounds"]:
+            record["rounds"][-1].setdefault("skipped_later", {}).update(
+                {**skipped, **{r: "its attacks already ran" for r in remedies}})
         return None
     rnd = {"round": number, "triggers": triggers, "remedies": remedies, "skipped": skipped,
-           "already_in_cascade": duplicates}
+           "already_ran": duplicates, "draws": randomized}
     record["rounds"].append(rnd)
     record["stages"].extend(planned)
     return rnd
+
+
+def _signature(stage: dict) -> str:
+    """What makes two stages the same attack (their labels and seeds aside)."""
+    return json.dumps({"kind": stage["kind"], "params": stage["params"], "adapter": stage.get("adapter")},
+                      sort_keys=True)
 
 
 def _provider(base: SurrogateProvider | None, cache_dir: Path | None, model: nn.Module, weights_sha: str,

@@ -47,7 +47,9 @@ def shattered_modules(model: nn.Module, x: torch.Tensor) -> list[tuple[str, nn.M
     finally:
         for h in handles:
             h.remove()
-    return found
+    # the innermost ones only: a block that holds a shattered layer is not itself the identity
+    return [(name, m) for name, m in found
+            if not any(other is not m and any(other is d for d in m.modules()) for _, other in found)]
 
 
 @contextlib.contextmanager

@@ -83,6 +83,8 @@ class EscalationReport:
             return None
         steps = []
         for st in rec.get("stages", []):
+            if st.get("kind") == "clean":  # the clean pass over draws: clean accuracy, not a remedy's breaks
+                continue
             cell = s.cells.get((st["label"], float(st["eps"])))
             if cell is not None:
                 steps.append(EscalationStep(st["remedy"], st["label"], float(st["eps"]), cell.attacked, cell.broken,
@@ -138,9 +140,11 @@ class RunReport:
     @classmethod
     def from_summary(cls, s: CheckedSummary) -> RunReport:
         order = {label: i for i, label in enumerate(s.attack_labels)}
+        clean_passes = {st["label"] for st in (s.escalation or {}).get("stages", []) if st.get("kind") == "clean"}
         cells = tuple(
             AttackCell(c.attack, float(c.eps), c.accuracy, c.attacked, c.broken, c.n, c.seconds)
-            for c in sorted(s.cells.values(), key=lambda c: (c.eps, order.get(c.attack, len(order)))))
+            for c in sorted(s.cells.values(), key=lambda c: (c.eps, order.get(c.attack, len(order))))
+            if c.attack not in clean_passes)
         checks = tuple(CheckOutcome(c.name, c.severity, c.status, c.value, c.threshold, c.summary, dict(c.evidence))
                        for c in s.checks)
         return cls(run_id=s.run.id, entry_id=s.run.entry_id, protocol=s.run.protocol, fingerprint=s.run.fingerprint,

@@ -29,6 +29,7 @@ from typing import Any
 
 import torch
 
+from bench.errors import BenchError
 from bench.store.database import Result, Run, Store
 
 
@@ -101,18 +102,19 @@ class RunSummary:
     clean_correct_before: int = 0  # the clean pass's own count
     escalation: dict | None = None  # the run's escalation record (None: not escalated)
 
+    escalation_rounds: int = 0  # the escalation's rounds whose every stage is stored (the ones counted)
+
     @property
     def escalated(self) -> bool:
-        return self.escalation is not None and bool(self.escalation.get("stages"))
+        """Whether escalation stages count in this summary (a complete round of them at least)."""
+        return self.escalation_rounds > 0
 
     @property
     def escalation_complete(self) -> bool:
-        """Every planned escalation stage is stored for every sample (trivially, when none was planned)."""
-        if not self.escalated:
+        """Every planned escalation round is stored (trivially, when none was planned)."""
+        if not self.escalation:
             return True
-        n = self.run.n_samples
-        return all((c := self.cells.get((st["label"], float(st["eps"])))) is not None and c.n == n
-                   for st in self.escalation["stages"])  # type: ignore[index]
+        return self.escalation_rounds == len({st["round"] for st in self.escalation["stages"]})
 
     @property
     def adaptive_applied(self) -> list[str]:
@@ -196,17 +198,22 @@ def summarize_rows(store: Store, run: Run) -> RunSummary:
         present = [lab for lab in labels if (lab, eps) in cells]
         if present:
             worst_before[eps] = cells[(present[-1], eps)].accuracy
-    escalation = json.loads(run.escalation_json) if run.escalation_json else None
+    escalation = load_escalation(run)
     worst = dict(worst_before)
     clean_correct = clean_before = sum(r.robust_after for r in clean)
-    for st in (escalation or {}).get("stages", []):  # in order: the last stored one at each eps decides
-        cell = cells.get((st["label"], float(st["eps"])))
-        if cell is None or cell.n != run.n_samples:
-            continue
-        if st.get("kind") == "clean":  # a randomized model's clean pass over draws
-            clean_correct = cell.robust
-        else:
-            worst[float(st["eps"])] = cell.accuracy
+    rounds = 0
+    for number in sorted({st["round"] for st in (escalation or {}).get("stages", [])}):
+        in_round = [st for st in escalation["stages"] if st["round"] == number]  # type: ignore[index]
+        if not all((c := cells.get((st["label"], float(st["eps"])))) is not None and c.n == run.n_samples
+                   for st in in_round):
+            break  # a round counts once every stage of it is stored: never half an escalation
+        rounds += 1
+        for st in in_round:  # in order: the last one at each eps decides
+            cell = cells[(st["label"], float(st["eps"]))]
+            if st.get("kind") == "clean":  # a randomized model's clean pass over draws
+                clean_correct = cell.robust
+            else:
+                worst[float(st["eps"])] = cell.accuracy
     cascade = {(a["label"], float(eps)) for eps in protocol["epsilons"] for a in protocol["attacks"]
                if a["at"] == "all" or eps == protocol["primary_eps"]}
     complete = (len(clean) == run.n_samples and all(k in cells for k in cascade)
@@ -224,7 +231,26 @@ def summarize_rows(store: Store, run: Run) -> RunSummary:
                       clean_correct=clean_correct, cells=cells, worst=worst, complete=complete,
                       detector=detector, clean_rejected=sum(bool(r.rejected) for r in clean), detection_auc=auc,
                       extras=extras, worst_before=worst_before, clean_correct_before=clean_before,
-                      escalation=escalation)
+                      escalation=escalation, escalation_rounds=rounds)
+
+
+def load_escalation(run: Run) -> dict | None:
+    """A run's escalation record, checked (None: not escalated); a one-line error when it is unreadable."""
+    if not run.escalation_json:
+        return None
+    try:
+        record = json.loads(run.escalation_json)
+        if not isinstance(record, dict) or not isinstance(record.get("policy"), str):
+            raise ValueError("no policy")
+        for st in record["stages"]:
+            str(st["label"]), float(st["eps"]), int(st["round"]), str(st["kind"])
+        for rnd in record["rounds"]:
+            list(rnd["remedies"]), dict(rnd["skipped"])
+    except (ValueError, KeyError, TypeError) as exc:
+        raise BenchError(f"run {run.id}: its escalation record is unreadable ({exc.__class__.__name__}: "
+                         f"{str(exc).splitlines()[0] if str(exc) else 'bad field'}); "
+                         "clear runs.escalation_json to escalate it again") from None
+    return record
 
 
 def roc_auc(positives: list[float], negatives: list[float]) -> float:
