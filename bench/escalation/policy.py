@@ -54,12 +54,12 @@ POLICY: dict[str, Any] = {
 }
 # Budgets by protocol size. "quick" (at most 200 samples, the CPU protocols) and "full" run Square at
 # AutoAttack standard's 5,000 queries; the gradient-free attacks get v2's quick or full budgets. "tiny"
-# (at most 40 samples: the smoke-test protocols, never for reporting) shrinks every budget so that
-# tests can run the whole path in seconds.
+# (at most 40 samples: the smoke-test protocols, never for reporting) shrinks every budget, the
+# more-steps remedy's included, so that tests can run the whole path in seconds.
 SIZES: dict[str, dict[str, Any]] = {
     "tiny": {"square": {"n_queries": 500}, "random-search": {"n_draws": 200}, "spsa": {"steps": 5, "n_samples": 32},
              "hopskipjump": {"max_queries": 100}, "surrogate_budget": "tiny",
-             "distill": {"train_images": 2000, "epochs": 1}},
+             "distill": {"train_images": 2000, "epochs": 1}, "steps_factor": 1, "restarts": 2},
     "quick": {"square": {"n_queries": 5000}, "random-search": {"n_draws": 1000}, "spsa": {"steps": 20, "n_samples": 64},
               "hopskipjump": {"max_queries": 300}, "surrogate_budget": "quick",
               "distill": {"train_images": 10_000, "epochs": 3}},
@@ -119,7 +119,9 @@ def distill_settings(protocol: dict) -> dict[str, Any]:
 def remedy_stages(protocol: dict) -> list[Stage]:
     """Every remedy's stages for a run's protocol, in the order they run at each eps."""
     pgd = _pgd(protocol)
-    more = {**pgd, "steps": POLICY["steps_factor"] * int(pgd["steps"]), "restarts": POLICY["restarts"]}
+    size = SIZES[size_of(protocol)]
+    more = {**pgd, "steps": size.get("steps_factor", POLICY["steps_factor"]) * int(pgd["steps"]),
+            "restarts": size.get("restarts", POLICY["restarts"])}
     transfer_inner = {"loss": "ce", **pgd, "random_start": True, "early_stop": False}
     transfer_inner.pop("restarts", None)
     sizes = SIZES[size_of(protocol)]
