@@ -17,7 +17,8 @@ def test_pyautoattack_resnet18_submission(workspace: Path) -> None:
     runner = CliRunner()
     result = runner.invoke(app, ["submit", str(REPO_ROOT / "examples" / "pyautoattack_resnet18.py")])
     assert result.exit_code == 0, result.output
-    result = runner.invoke(app, ["evaluate", "pyautoattack-resnet18", "--protocol", "cifar10-linf-quick-v1"])
+    result = runner.invoke(app, ["evaluate", "pyautoattack-resnet18", "--protocol", "cifar10-linf-quick-v1",
+                                 "--no-escalation"])  # a CPU budget: CIFAR-10 escalation would train surrogates
     assert result.exit_code == 0, result.output
     with sqlite3.connect(workspace / "gauntlet.db") as con:
         clean = con.execute("select avg(robust_after) from results where attack='clean'").fetchone()[0]
