@@ -33,7 +33,15 @@ from attacks.base import Attack, PassCounter, derive_seed, prepare_model
 from attacks.context import AttackContext, SurrogateProvider
 from bench import code_version
 from bench.engine.extras import run_extra
-from bench.engine.verify import DetectorRule, DrawsRule, check_bounds, has_detector, judged_verdict, predict
+from bench.engine.verify import (
+    DetectorRule,
+    DrawsRule,
+    check_bounds,
+    has_detector,
+    judged_verdict,
+    predict,
+    seed_generators,
+)
 from bench.errors import BenchError
 from bench.protocol.data import load_split
 from bench.protocol.protocols import CALIBRATION_SAMPLES, AttackSpec, Protocol
@@ -106,9 +114,9 @@ def evaluate(
 
     The entry is attacked with the protocol's attacks plus the adaptive attacks it declares (see
     :meth:`Protocol.for_entry`; a randomized entry gets EOT, and every verdict on it, clean pass
-    included, is taken over draws by the protocol's ``RANDOMIZED_RULE``). ``surrogates`` provides the transfer
-    attacks' surrogate models (see :class:`bench.models.surrogates.WorkspaceSurrogates`); every attack gets
-    it, and a detector entry's threshold, in its :class:`~attacks.context.AttackContext`.
+    included, is taken over draws by the protocol's ``RANDOMIZED_RULE``). ``surrogates`` provides the
+    transfer attacks' surrogate models (see :class:`bench.models.surrogates.WorkspaceSurrogates`); every
+    attack gets it, and a detector entry's threshold, in its :class:`~attacks.context.AttackContext`.
     """
     entry = target.entry
     if protocol.dataset not in entry.architectures:
@@ -184,9 +192,9 @@ def run_stage(store: Store, run_id: int, fingerprint: str, model: PassCounter, l
 
     ``spec`` None is a clean pass (the cascade's "clean", or an escalation's clean pass over draws).
     The engine decides success itself: ``x_adv`` must lie in the ball and the box, and ``model``
-    (never ``attack_model``) is re-run on it. ``draws`` judges a
-    randomized model over draws (clean pass included); ``attack_model`` is what the attack sees
-    when it differs from the judged model (an escalation's adapter, such as the log of the outputs).
+    (never ``attack_model``) is re-run on it. ``draws`` judges a randomized model over draws (clean
+    pass included); ``attack_model`` is what the attack sees when it differs from the judged model
+    (an escalation's adapter, such as the log of the outputs).
     Returns the robust flags after the stage.
 
     The stage runs inside ``torch.random.fork_rng`` seeded from (its seed, label, eps, first sample):
@@ -196,7 +204,7 @@ def run_stage(store: Store, run_id: int, fingerprint: str, model: PassCounter, l
     """
     devices = [x.device] if x.device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(derive_seed(0 if spec is None else spec.seed, "stage", label, eps, int(ids[0])))
+        seed_generators(derive_seed(0 if spec is None else spec.seed, "stage", label, eps, int(ids[0])), devices)
         return _stage(store, run_id, fingerprint, model, label, eps, spec, x, y, ids, robust, bs, attack_factory,
                       detector, context, draws, attack_model)
 

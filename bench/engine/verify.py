@@ -61,6 +61,14 @@ def adversarial_verdict(model: nn.Module, x_adv: torch.Tensor, y: torch.Tensor, 
     return pred, broke & ~rej, sc, rej
 
 
+def seed_generators(seed: int, devices: list[torch.device]) -> None:
+    """Seed torch's CPU generator and those of ``devices`` only: the ones a ``fork_rng(devices=...)``
+    around the call restores (``torch.manual_seed`` would reseed every CUDA device)."""
+    torch.random.default_generator.manual_seed(seed)
+    for d in devices:
+        torch.cuda.default_generators[d.index if d.index is not None else torch.cuda.current_device()].manual_seed(seed)
+
+
 @dataclass(frozen=True)
 class DrawsRule:
     """How a randomized model is judged (the protocol's ``RANDOMIZED_RULE``): on each input it is run
@@ -85,7 +93,7 @@ class DrawsRule:
             return empty, empty.bool()
         devices = [x.device] if x.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):
-            torch.manual_seed(derive_seed(self.seed, "draws", *parts))
+            seed_generators(derive_seed(self.seed, "draws", *parts), devices)
             preds = torch.stack([predict(model, x, bs).cpu() for _ in range(self.draws)])  # (draws, N)
         right = (preds == y.cpu()[None]).sum(0)
         return torch.mode(preds, dim=0).values, right >= self.min_correct
