@@ -233,3 +233,25 @@ def test_an_unreadable_escalation_record_is_a_one_line_error(tmp_path: Path, lin
     store.set_escalation(report.run_id, '{"policy": "escalation-v1-quick:x", "stages": [{"label": 1}]}')
     with pytest.raises(BenchError, match="escalation record is unreadable"):
         api.report(report.run_id, store=store)
+
+
+class InnerOptimisation(nn.Module):
+    """A test-time refinement that runs its own backward pass inside forward (as pnml does)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.act = nn.Tanh()
+        self.head = nn.Sequential(nn.Flatten(), nn.Linear(784, 10))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.enable_grad():
+            z = x.detach().requires_grad_(True)
+            g, = torch.autograd.grad(self.act(z).sum(), z)  # frees the graph through self.act
+        return self.head(x - 0.01 * g)
+
+
+def test_shattered_search_skips_graphs_the_model_freed_itself() -> None:
+    from bench.escalation.shattered import shattered_modules
+
+    x = load_split("mnist", "test")[0][:4]
+    assert shattered_modules(InnerOptimisation().eval(), x) == []

@@ -41,7 +41,10 @@ def shattered_modules(model: nn.Module, x: torch.Tensor) -> list[tuple[str, nn.M
                 if not out.requires_grad:
                     found.append((name, module))
                     continue
-                g = torch.autograd.grad(out.float().sum(), inp, retain_graph=True, allow_unused=True)[0]
+                try:
+                    g = torch.autograd.grad(out.float().sum(), inp, retain_graph=True, allow_unused=True)[0]
+                except RuntimeError:  # a graph the model freed itself (a test-time optimisation inside its
+                    continue  # forward): not on the path from its input to its output, so not one to replace
                 if g is None or not bool(g.abs().sum() > 0):
                     found.append((name, module))
     finally:
