@@ -133,7 +133,7 @@ def escalate(store: Store, run_id: int, model: nn.Module, *, surrogates: Surroga
                 break
             store.set_escalation(run_id, json.dumps(record, sort_keys=True))
         if "after" not in rnd:
-            draws = DrawsRule(**RANDOMIZED_RULE) if rnd["draws"] else None
+            draws = DrawsRule(**RANDOMIZED_RULE) if rnd.get("draws") else None
             with declared_identity([m for _, m in shattered]):  # read by the BPDA stages only
                 _run_round(store, run, proto, record, number, pc, x, y, bs, detector, context, draws, progress)
             after = run_checks(store, run_id, model, data_dir=data_dir, device=device, batch_size=batch_size,
