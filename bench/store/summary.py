@@ -101,7 +101,6 @@ class RunSummary:
     worst_before: dict[float, float] = field(default_factory=dict)  # the cascade's own worst case
     clean_correct_before: int = 0  # the clean pass's own count
     escalation: dict | None = None  # the run's escalation record (None: not escalated)
-
     escalation_rounds: int = 0  # the escalation's rounds whose every stage is stored (the ones counted)
 
     @property
