@@ -39,7 +39,15 @@ from typing import Any, cast
 import torch
 from torch import nn
 
-from attacks.base import Attack, AttackContext, AttackOutput, BatchResult, declared_wrappable_by, derive_seed
+from attacks.base import (
+    Attack,
+    AttackContext,
+    AttackOutput,
+    BatchResult,
+    declared_wrappable_by,
+    derive_seed,
+    seed_generators,
+)
 
 DEFAULT_PGD = {"loss": "ce", "steps": 40, "rel_step_size": 0.1}  # used for "pgd" when no step is given
 
@@ -170,9 +178,7 @@ class EOT(Attack):
         devices = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
         seed = derive_seed(self.seed, self.name, eps, int(ids[0])) % 2**63
         with torch.random.fork_rng(devices=devices):
-            torch.random.default_generator.manual_seed(seed)
-            for d in devices:
-                torch.cuda.default_generators[d].manual_seed(seed)
+            seed_generators(seed, devices)
             out = self.inner.run(EOTModel(model, self.samples), x, y, [eps], sample_ids=ids, context=context)
         return BatchResult(out.x_adv[0], out.success[0],
                            out.detail[0] if out.detail is not None else [None] * out.x_adv.shape[1])

@@ -65,6 +65,15 @@ def derive_seed(*parts: int | float | str) -> int:
     return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
 
 
+def seed_generators(seed: int, devices: Sequence[torch.device | int]) -> None:
+    """Seed torch's CPU generator and those of ``devices`` only: the ones a ``fork_rng(devices=...)``
+    around the call restores (``torch.manual_seed`` would reseed every CUDA device)."""
+    torch.random.default_generator.manual_seed(seed)
+    for d in devices:
+        index = d if isinstance(d, int) else d.index if d.index is not None else torch.cuda.current_device()
+        torch.cuda.default_generators[index].manual_seed(seed)
+
+
 def per_sample_uniform(
     shape: tuple[int, ...], sample_ids: torch.Tensor, *parts: int | float | str
 ) -> torch.Tensor:

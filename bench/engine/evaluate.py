@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from attacks import make_attack
-from attacks.base import Attack, PassCounter, derive_seed, prepare_model
+from attacks.base import Attack, PassCounter, derive_seed, prepare_model, seed_generators
 from attacks.context import AttackContext, SurrogateProvider
 from bench import code_version
 from bench.engine.extras import run_extra
@@ -40,7 +40,6 @@ from bench.engine.verify import (
     has_detector,
     judged_verdict,
     predict,
-    seed_generators,
 )
 from bench.errors import BenchError
 from bench.protocol.data import load_split

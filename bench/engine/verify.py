@@ -12,7 +12,7 @@ from typing import Any, cast
 import torch
 from torch import nn
 
-from attacks.base import derive_seed
+from attacks.base import derive_seed, seed_generators
 from bench.errors import AttackContractError
 
 BALL_TOLERANCE = 1e-5  # float32 rounding of x + delta; anything larger is an attack bug
@@ -59,14 +59,6 @@ def adversarial_verdict(model: nn.Module, x_adv: torch.Tensor, y: torch.Tensor, 
         return pred, broke, None, None
     sc, rej = detector.judge(x_adv, bs)
     return pred, broke & ~rej, sc, rej
-
-
-def seed_generators(seed: int, devices: list[torch.device]) -> None:
-    """Seed torch's CPU generator and those of ``devices`` only: the ones a ``fork_rng(devices=...)``
-    around the call restores (``torch.manual_seed`` would reseed every CUDA device)."""
-    torch.random.default_generator.manual_seed(seed)
-    for d in devices:
-        torch.cuda.default_generators[d.index if d.index is not None else torch.cuda.current_device()].manual_seed(seed)
 
 
 @dataclass(frozen=True)

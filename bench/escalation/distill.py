@@ -7,8 +7,8 @@ inputs from it; Athalye et al. 2018 and Tramèr et al. 2020 use the same move ag
 mask gradients. Here the substitute has the benchmark's standard architecture for the dataset and
 is trained on the model's output probabilities (soft labels, as in Hinton et al. 2015's knowledge
 distillation: they carry the model's margins, not only its decisions; one forward pass per image,
-no gradient of the model is ever needed) for the first ``train_images`` training images, with the policy's seed inside
-``torch.random.fork_rng``: the same model gives the same surrogate. The weights are cached in the
+no gradient of the model is ever needed) for the first ``train_images`` training images, with the
+policy's seed inside ``torch.random.fork_rng``: the same model gives the same surrogate. The weights are cached in the
 workspace under the model's weights sha256 and the settings' hash, and checked on load.
 """
 
@@ -25,18 +25,20 @@ from typing import Any
 import torch
 from torch import nn
 
+from attacks.base import seed_generators
 from attacks.context import SurrogateProvider
+from bench.models.checkpoints import state_sha256
 
 DISTILLED = "distilled"  # the surrogate id the escalation's transfer stage names
 
 
 def distill(model: nn.Module, arch: Callable[[], nn.Module], x: torch.Tensor, settings: dict[str, Any],
             device: str = "cpu", batch_size: int = 500) -> nn.Module:
-    """Train ``arch()`` on ``model``'s predicted labels for ``x`` (seeded by ``settings["seed"]``)."""
+    """Train ``arch()`` on ``model``'s output probabilities for ``x`` (seeded by ``settings["seed"]``)."""
     dev = torch.device(device)
     devices = [dev] if dev.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(int(settings["seed"]))
+        seed_generators(int(settings["seed"]), devices)
         with torch.no_grad():
             targets = torch.cat([soft_targets(model(x[i:i + batch_size].to(dev))).cpu()
                                  for i in range(0, x.shape[0], batch_size)])
@@ -65,14 +67,6 @@ def soft_targets(out: torch.Tensor) -> torch.Tensor:
     return out / out.sum(1, keepdim=True) if rows_are_probs else out.softmax(1)
 
 
-def _sha(state: dict[str, torch.Tensor]) -> str:
-    h = hashlib.sha256()
-    for k in sorted(state):
-        h.update(k.encode())
-        h.update(state[k].detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()
-
-
 @dataclass
 class DistilledSurrogates:
     """A surrogate provider: the distilled surrogate for ``"distilled"``, the base provider otherwise.
@@ -87,7 +81,7 @@ class DistilledSurrogates:
     cache_dir: Path | None = None
     seconds: float = 0.0
     _model: tuple[nn.Module, str] | None = field(default=None, repr=False)
-    _make_arch: Callable[[], nn.Module] | None = None
+    make_arch: Callable[[], nn.Module] | None = None  # the architecture, to load a cached surrogate
 
     def surrogate(self, entry_id: str, budget: str, seed: int) -> tuple[nn.Module, str]:
         if entry_id != DISTILLED:
@@ -99,14 +93,14 @@ class DistilledSurrogates:
         return self._model
 
     def _load(self) -> tuple[nn.Module, str] | None:
-        if self.cache_file is None or not self.cache_file.is_file() or self._make_arch is None:
+        if self.cache_file is None or not self.cache_file.is_file() or self.make_arch is None:
             return None
         try:
             blob = torch.load(io.BytesIO(self.cache_file.read_bytes()), weights_only=True)
             state, sha = blob["state"], str(blob["sha256"])
-            if _sha(state) != sha:
+            if state_sha256(state) != sha:
                 return None
-            model = self._make_arch()
+            model = self.make_arch()
             model.load_state_dict(state)
         except Exception:  # unreadable or foreign: train again
             return None
@@ -119,7 +113,7 @@ class DistilledSurrogates:
         model = self.build()
         self.seconds = time.perf_counter() - t0
         state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-        sha = _sha(state)
+        sha = state_sha256(state)
         if self.cache_file is not None:
             self.cache_file.parent.mkdir(parents=True, exist_ok=True)
             tmp = self.cache_file.with_suffix(".tmp")

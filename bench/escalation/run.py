@@ -135,11 +135,11 @@ def escalate(store: Store, run_id: int, model: nn.Module, *, surrogates: Surroga
         if "after" not in rnd:
             draws = DrawsRule(**RANDOMIZED_RULE) if rnd.get("draws") else None
             with declared_identity([m for _, m in shattered]):  # read by the BPDA stages only
-                _run_round(store, run, proto, record, number, pc, x, y, bs, detector, context, draws, progress)
+                latest = _run_round(store, run, proto, record, number, pc, x, y, bs, detector, context, draws,
+                                    progress)
             after = run_checks(store, run_id, model, data_dir=data_dir, device=device, batch_size=batch_size,
                                progress=check_progress, after_escalation=True)
-            survivors = _latest(proto, store.results(run_id), record, number + 1, n)[float(proto["primary_eps"])]
-            alive = set(survivors.nonzero()[:, 0].tolist())
+            alive = set(latest[float(proto["primary_eps"])].nonzero()[:, 0].tolist())
             rnd["after"] = {c.name: c.status for c in after}
             # only what the escalation left standing: a v2 probe's stored rows were run on the cascade's survivors
             rnd["exposed_at_primary"] = sorted(set().union(*(c.exposed for c in after)) & alive)
@@ -218,7 +218,7 @@ def _provider(base: SurrogateProvider | None, cache_dir: Path | None, model: nn.
 
     cache_file = cache_dir / cache_name(weights_sha, settings, dataset) if cache_dir is not None else None
     return DistilledSurrogates(base, build, cache_file, cache_dir=getattr(base, "cache_dir", cache_dir),
-                               _make_arch=make_arch)
+                               make_arch=make_arch)
 
 
 def _latest(proto: dict, rows: list[Result], record: dict, before_round: int, n: int) -> dict[float, torch.Tensor]:
@@ -254,8 +254,9 @@ def _latest(proto: dict, rows: list[Result], record: dict, before_round: int, n:
 
 def _run_round(store: Store, run: Any, proto: dict, record: dict, number: int, pc: PassCounter, x: torch.Tensor,
                y: torch.Tensor, bs: int, detector: DetectorRule | None, context: AttackContext,
-               draws: DrawsRule | None, progress: StageProgress | None) -> None:
-    """Run (or resume) round ``number``'s stages, chunk by chunk, in the engine's way."""
+               draws: DrawsRule | None, progress: StageProgress | None) -> dict[float, torch.Tensor]:
+    """Run (or resume) round ``number``'s stages, chunk by chunk, in the engine's way; returns every
+    sample's robust flags per eps after the round."""
     n = run.n_samples
     latest = _latest(proto, store.results(run.id), record, number, n)
     grid = [0.0] + [float(e) for e in proto["epsilons"]]
@@ -289,6 +290,7 @@ def _run_round(store: Store, run: Any, proto: dict, record: dict, number: int, p
             finished += 1
             if progress is not None:
                 progress(st["label"], eps, finished, total)
+    return latest
 
 
 __all__ = ["DISTILLED", "escalate", "is_settled", "unreliable_failures"]

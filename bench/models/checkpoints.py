@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
@@ -61,6 +61,15 @@ def recipe_hash(entry: Entry, dataset: str, budget: str, seed: int) -> str:
 
 def checkpoint_path(root: Path, entry: Entry, dataset: str, budget: str, seed: int) -> Path:
     return root / f"{entry.id}--{dataset}--{budget}--s{seed}--{recipe_hash(entry, dataset, budget, seed)}.safetensors"
+
+
+def state_sha256(state: Mapping[str, torch.Tensor]) -> str:
+    """The sha256 of a state dict's names and tensor bytes, in name order (weights held in memory)."""
+    h = hashlib.sha256()
+    for k, v in sorted(state.items()):
+        h.update(k.encode())
+        h.update(v.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
 
 
 def file_sha256(path: Path) -> str:
@@ -156,11 +165,7 @@ def resolve_model(entry: Entry, dataset: str, budget: str, seed: int, ckpt_dir: 
             raise BenchError(f"entry {entry.id!r} failed to load its pretrained model: "
                              f"{type(exc).__name__}: {exc}".splitlines()[0]) from None
         model.eval()
-        h = hashlib.sha256()
-        for k, v in sorted(model.state_dict().items()):
-            h.update(k.encode())
-            h.update(v.detach().cpu().contiguous().numpy().tobytes())
-        return model, h.hexdigest(), {"budget": "pretrained", "seed": ""}
+        return model, state_sha256(model.state_dict()), {"budget": "pretrained", "seed": ""}
     path = checkpoint or checkpoint_path(ckpt_dir, entry, dataset, budget, seed)
     if not Path(path).is_file():
         raise BenchError(f"no checkpoint for {entry.id} ({dataset}, budget {budget}, seed {seed}) at {path}; "

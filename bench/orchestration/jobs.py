@@ -91,14 +91,21 @@ def evaluate_target(ws: Workspace, store: Any, protocol: Any, target: Any, *, da
     Transfer attacks take their surrogates from the workspace (trained there on first use).
     """
     from bench.engine.evaluate import evaluate
-    from bench.models.surrogates import WorkspaceSurrogates
 
     if batch_size is not None and batch_size < 1:
         raise BenchError("--batch-size must be >= 1")
-    surrogates = WorkspaceSurrogates(ws.checkpoints, ws.cache, protocol.dataset, lambda i: lookup(ws, i),
-                                     data_dir, device, on_train=on_train)
+    surrogates = workspace_surrogates(ws, protocol.dataset, data_dir, device, on_train)
     return evaluate(store, target, protocol, data_dir=data_dir, start=start, stop=stop, device=device,
                     batch_size=batch_size, progress=progress, surrogates=surrogates)
+
+
+def workspace_surrogates(ws: Workspace, dataset: str, data_dir: str | None, device: str,
+                         on_train: Callable[[str], None] | None = None) -> Any:
+    """The workspace's transfer surrogates for ``dataset`` (trained there on first use)."""
+    from bench.models.surrogates import WorkspaceSurrogates
+
+    return WorkspaceSurrogates(ws.checkpoints, ws.cache, dataset, lambda i: lookup(ws, i), data_dir, device,
+                               on_train=on_train)
 
 
 def run_of(store: Any, protocol: Any, target: Any) -> Any:
@@ -171,14 +178,10 @@ def escalate_run(store: Any, run_id: int, model: Any, *, ws: Workspace | None, d
                  on_train: Callable[[str], None] | None = None) -> str:
     """Escalate a flagged run (see :func:`bench.escalation.run.escalate`) and say what it changed."""
     from bench.escalation.run import escalate
-    from bench.models.surrogates import WorkspaceSurrogates
     from bench.store.summary import summarize_rows
 
-    run = store.run(run_id)
-    dataset = json.loads(run.protocol_json)["dataset"]
-    surrogates = None if ws is None else WorkspaceSurrogates(ws.checkpoints, ws.cache, dataset,
-                                                             lambda i: lookup(ws, i), data_dir, device,
-                                                             on_train=on_train)
+    dataset = json.loads(store.run(run_id).protocol_json)["dataset"]
+    surrogates = None if ws is None else workspace_surrogates(ws, dataset, data_dir, device, on_train)
     record = escalate(store, run_id, model, surrogates=surrogates, cache_dir=None if ws is None else ws.cache,
                       data_dir=data_dir, device=device, batch_size=batch_size, progress=progress,
                       check_progress=check_progress)
