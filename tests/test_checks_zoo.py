@@ -166,24 +166,9 @@ def zoo_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("zoo-home")
 
 
-# Mechanisms the escalation does not yet bring within 3 points of the reference at every eps, with the
-# measured gap: strict, so the test reports it the day the gap closes. Issue "A flagged evaluation
-# finds the true number" stays open for them.
-KNOWN_GAPS = {
-    "ClampedLogits": "logit gaps clamped at -10 leave every score-based attack a flat loss and the distilled "
-                     "surrogate one-hot targets: escalated 35.5% against the reference's 22.5% at eps 0.2 "
-                     "(13 points), 9.5% against 1.5% at 0.3, on both quick protocols",
-}
-
-
-def _zoo_params() -> list:
-    return [pytest.param(name, marks=pytest.mark.xfail(strict=True, reason=KNOWN_GAPS[name]))
-            if name in KNOWN_GAPS else name for name in ZOO]
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("protocol", ["mnist-linf-quick-v1", "mnist-linf-quick-v2"])
-@pytest.mark.parametrize("name", _zoo_params())
+@pytest.mark.parametrize("name", list(ZOO))
 def test_every_masking_mechanism_escalates_to_its_reference(zoo_home: Path, honest: nn.Module, name: str,
                                                             protocol: str, one_thread) -> None:
     report, reference = _escalated(zoo_home, zoo_home / f"{name}-{protocol}.db", name, protocol, honest)

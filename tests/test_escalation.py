@@ -3,8 +3,11 @@
 * A linear classifier behind a saturated softmax (probability outputs): the optimal L-inf attack on
   the linear logits is closed-form (``optimal_margin``), so the escalated worst case must equal the
   optimal accuracy at every eps (the engine verifies every input, so it can never go below it).
+* The same linear classifier behind a hard clamp of its logit gaps (every loss on the outputs has a
+  zero gradient): escalation attacks the logits the clamp hides and reaches the same optimum.
 * The same linear classifier with logits: no unreliable flag, no escalation, the very same rows.
-* A randomized model whose per-draw accuracy is known per sample: judged over draws.
+* A randomized model whose per-draw accuracy is known per sample: judged over draws, whether it
+  declares itself randomized or the checks find it so.
 * An escalation killed mid-way resumes to exactly the rows of an uninterrupted one.
 """
 
@@ -51,6 +54,19 @@ class SaturatedSoftmax(nn.Module):
         return torch.softmax(8.0 * self.linear(x), dim=1)
 
 
+class ClampedGaps(nn.Module):
+    """max(100 (z - max z), -10) over the linear logits z: the predictions are the linear model's, and
+    every sample whose runner-up trails by more than 0.1 has an input gradient of exactly zero."""
+
+    def __init__(self, linear: Linear) -> None:
+        super().__init__()
+        self.linear = linear
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        z = self.linear(x)
+        return torch.clamp(100.0 * (z - z.max(1, keepdim=True).values), min=-10.0)
+
+
 @pytest.fixture(scope="module")
 def linear() -> Linear:
     return fit_linear_mnist()
@@ -80,7 +96,7 @@ def test_every_unreliable_check_has_a_remedy_and_the_policy_is_pinned() -> None:
     assert policy_for(proto)[1] == POLICY_QUICK_V1
 
 
-POLICY_QUICK_V1 = "escalation-v1-quick:2a548ef7f4af2681"  # changing the policy needs a new version
+POLICY_QUICK_V1 = "escalation-v2-quick:8217e77f711070a9"  # changing the policy needs a new version
 
 
 def test_probability_outputs_escalate_to_the_closed_form_optimum(tmp_path: Path, linear: Linear, one_thread) -> None:
@@ -115,6 +131,32 @@ def test_probability_outputs_escalate_to_the_closed_form_optimum(tmp_path: Path,
     info = json.loads(next(iter(api.export("json", store=store, out=tmp_path / "json"))).read_text())
     assert info["gauntlet"]["escalation"]["remedies"] == list(esc.remedies)
     assert info["gauntlet"]["worst_case_by_eps"] == {str(e): w for e, w in report.worst_case.items()}
+
+
+def test_clamped_logits_escalate_to_the_closed_form_optimum(tmp_path: Path, linear: Linear, one_thread) -> None:
+    model = ClampedGaps(linear).eval()
+    report = api.evaluate(model, PROTOCOL, store=Store(tmp_path / "c.db"), name="clamped", home=tmp_path / "ws")
+    assert "bad-gradients" in {c.name for c in report.flags}
+    esc = report.escalation
+    assert esc is not None and "inner-logits" in esc.remedies
+    for eps in EPS:
+        optimum = _optimal_accuracy(linear, eps)
+        assert optimum - 1e-9 <= report.worst_case[eps] <= optimum + 100.0 / PROTOCOL.n_samples, (eps, optimum)
+    assert any(report.worst_case_before_escalation[e] > report.worst_case[e] + 10 for e in EPS)  # the clamp fooled it
+    assert esc.broken_by_remedy().get("inner-logits", 0) > 0
+
+
+def test_the_decision_module_is_found_behind_a_saturating_output(linear: Linear) -> None:
+    from attacks.adapters import adapt
+    from bench.escalation.inner import decision_module
+
+    x = load_split("mnist", "test")[0][:20]
+    clamped = ClampedGaps(linear).eval()
+    found = decision_module(clamped, x)
+    assert found is not None and found[0] == "linear" and found[1] is clamped.linear
+    assert torch.equal(adapt(clamped, "inner", found[1])(x), linear(x))  # the attack sees the hidden logits
+    assert decision_module(linear, x) is None  # a plain classifier: nothing hides behind its outputs
+    assert decision_module(nn.Sequential(linear), x) is None  # the same outputs: attacking them changes nothing
 
 
 def test_an_honest_model_runs_no_escalation_and_keeps_its_rows(tmp_path: Path, linear: Linear, one_thread) -> None:
@@ -161,6 +203,27 @@ def test_a_declared_randomized_model_is_judged_over_draws(tmp_path: Path, linear
     assert len(got ^ expected) <= 2, (sorted(got - expected), sorted(expected - got))
     stored = json.loads(Store(tmp_path / "r.db").run(report.run_id).protocol_json)
     assert stored["randomized_rule"] == dict(RANDOMIZED_RULE)
+
+
+def test_a_randomized_model_found_by_the_checks_is_judged_again_over_draws(tmp_path: Path, linear: Linear,
+                                                                           one_thread) -> None:
+    x, y = load_split("mnist", "test")
+    x, y = x[:PROTOCOL.n_samples], y[:PROTOCOL.n_samples]
+    threshold = float(x.flatten(1).mean(1).median())
+    found = api.evaluate(Coin(linear, threshold).eval(), PROTOCOL, store=Store(tmp_path / "f.db"), name="coin",
+                         home=tmp_path / "ws")
+    declared = api.evaluate(Coin(linear, threshold).eval(), PROTOCOL, store=Store(tmp_path / "d.db"), name="coin",
+                            randomized=True, home=tmp_path / "ws")
+    assert "randomized-forward" in {c.name for c in found.flags} and found.escalation is not None
+    with torch.no_grad():
+        expected = 100.0 * float(((linear(x).argmax(1) == y) & (x.flatten(1).mean(1) > threshold)).sum()) / len(y)
+    assert abs(found.clean_accuracy - expected) <= 100.0 * 2 / len(y)  # clean, over draws, on every sample
+    rows = Store(tmp_path / "f.db").results(found.run_id)
+    for eps in EPS:  # the cascade ran again over draws at every eps, then the remedies on its survivors
+        assert {r.attack for r in rows if r.eps == eps} >= {"esc-draws-fgsm", "esc-draws-pgd-ce", "esc-draws-pgd-cw"}
+        # the same verdicts as a run declared randomized, not the single draws' lower numbers
+        assert abs(found.worst_case[eps] - declared.worst_case[eps]) <= 100.0 * 2 / len(y), (
+            eps, found.worst_case, declared.worst_case, found.worst_case_before_escalation)
 
 
 def test_draws_rule_is_seeded_and_leaves_the_callers_random_state(linear: Linear) -> None:

@@ -13,14 +13,19 @@ diagnosis, from the literature on evaluating defenses:
   not-converged remedy's steps and restarts, CE and CW) where the model declares an approximation,
   or through the identity in place of every shape-preserving submodule whose input gradient vanishes
   (Athalye et al. 2018, "Obfuscated Gradients Give a False Sense of Security";
-  :mod:`bench.escalation.shattered`); transfer from the benchmark's smooth surrogates and from a
+  :mod:`bench.escalation.shattered`); the same PGD on the logits a saturating last operation hides
+  (the outermost submodule with the model's output shape and predictions that still carries an input
+  gradient, :mod:`bench.escalation.inner`; Carlini and Wagner 2017 on distillation, Tramèr et al. 2020
+  on saturated output codes); transfer from the benchmark's smooth surrogates and from a
   surrogate *distilled* from the submitted model's own predictions on training images (Papernot et al. 2017's black-box
   substitute; Tramèr et al. 2020, "On Adaptive Attacks to Adversarial Example Defenses"); and the
   gradient-free attacks at every eps: Square at AutoAttack's standard 5,000 queries (Croce and Hein
   2020), random search, SPSA (Uesato et al. 2018) and HopSkipJump (Chen et al. 2020). With the
   same stages as not-converged (below).
 * **randomized forward**: EOT (Athalye et al. 2018) at every eps, with every verdict (the clean one
-  included) taken over draws by the protocol's ``RANDOMIZED_RULE``.
+  included) taken over draws by the protocol's ``RANDOMIZED_RULE``. A model found randomized by the
+  checks (not declared so) had its cascade judged on single draws: the cascade runs again, judged
+  over draws, before EOT.
 * **not converged**: the protocol's PGD with ``steps_factor`` times the steps and ``restarts``
   restarts, CE and CW losses, at every eps (Carlini et al. 2019: "run more iterations"). The same
   stages join the gradient remedies: where the CE gradient underflows (a saturated softmax) the
@@ -46,9 +51,12 @@ from typing import Any
 from bench.protocol.protocols import RANDOMIZED_RULE, AttackSpec
 
 POLICY: dict[str, Any] = {
-    "name": "escalation-v1",
+    "name": "escalation-v2",
     "steps_factor": 4, "restarts": 5,  # the not-converged remedy, as the checks' own probe
     "distill": {"batch_size": 128, "lr": 1e-3, "seed": 700, "targets": "soft"},
+    # a model found randomized (not declared so) was judged on single draws: its cascade and earlier rounds
+    # run again over draws (bench.escalation.run), so that every verdict follows RANDOMIZED_RULE
+    "rejudge_found_randomized": True,
     "max_rounds": 3,  # escalate, check again, escalate for newly failed checks: at most this many rounds
     "seed": 600,  # stage seeds are seed + the stage's position in remedy_stages' listing
 }
@@ -70,10 +78,10 @@ SIZES: dict[str, dict[str, Any]] = {
 }
 
 GRADIENT_TRIGGERS = ("bad-gradients", "unbounded-attack", "black-box-wins")
-ALL_REMEDIES = ("log-outputs", "bpda", "transfer", "more-steps", "gradient-free", "eot")
+ALL_REMEDIES = ("log-outputs", "bpda", "inner-logits", "transfer", "more-steps", "gradient-free", "eot")
 TRIGGERS: dict[str, tuple[str, ...]] = {
     "probability-outputs": ("log-outputs",),
-    **{name: ("bpda", "transfer", "more-steps", "gradient-free") for name in GRADIENT_TRIGGERS},
+    **{name: ("bpda", "inner-logits", "transfer", "more-steps", "gradient-free") for name in GRADIENT_TRIGGERS},
     "randomized-forward": ("eot",),
     "not-converged": ("more-steps",),
     **{name: ALL_REMEDIES for name in ("single-step-wins", "rises-with-eps", "rises-with-steps")},
@@ -83,6 +91,8 @@ CONDITIONS = {
     "log-outputs": "probability outputs (the probability-outputs check failed)",
     "bpda": "a module that declares a BPDA approximation (bpda_approx), or a shape-preserving module whose "
             "input gradient vanishes (given the identity)",
+    "inner-logits": "a submodule with the model's output shape and predictions whose outputs differ from the "
+                    "model's and carry an input gradient where the model's do not (logits a saturating output hides)",
     "eot": "a randomized model (declared, or the randomized-forward check failed)",
 }
 
@@ -90,7 +100,8 @@ CONDITIONS = {
 @dataclass(frozen=True)
 class Stage:
     """One escalation attack: its spec (label, kind, params, seed), the model adapter its attack sees
-    (None, or "log": the log of the outputs) and the remedy it belongs to. It runs at every eps."""
+    (None; "log": the log of the outputs; "inner": the outputs of the model's decision submodule) and
+    the remedy it belongs to. It runs at every eps."""
 
     remedy: str
     spec: AttackSpec
@@ -117,7 +128,8 @@ def distill_settings(protocol: dict) -> dict[str, Any]:
 
 
 def remedy_stages(protocol: dict) -> list[Stage]:
-    """Every remedy's stages for a run's protocol, in the order they run at each eps."""
+    """Every remedy's stages for a run's protocol, in the order they run at each eps: by remedy, in
+    ``ALL_REMEDIES``'s order. A stage's seed is the policy's seed plus its position in the listing."""
     pgd = _pgd(protocol)
     size = SIZES[size_of(protocol)]
     more = {**pgd, "steps": size.get("steps_factor", POLICY["steps_factor"]) * int(pgd["steps"]),
@@ -150,9 +162,13 @@ def remedy_stages(protocol: dict) -> list[Stage]:
         ("gradient-free", "esc-hopskipjump", "hopskipjump", dict(sizes["hopskipjump"]), None),
         ("eot", "esc-eot-pgd", "eot", {"samples": eot_samples, "inner_kind": "pgd",
                                        "inner_params": {**pgd, "loss": "ce"}}, None),
+        # added in escalation-v2: listed last, so that every earlier stage keeps its seed
+        ("inner-logits", "esc-inner-pgd-ce", "pgd", {**more, "loss": "ce"}, "inner"),
+        ("inner-logits", "esc-inner-pgd-cw", "pgd", {**more, "loss": "cw"}, "inner"),
     ]
-    return [Stage(remedy, AttackSpec(label, kind, params, seed=POLICY["seed"] + i), adapter)
-            for i, (remedy, label, kind, params, adapter) in enumerate(listing)]
+    stages = [Stage(remedy, AttackSpec(label, kind, params, seed=POLICY["seed"] + i), adapter)
+              for i, (remedy, label, kind, params, adapter) in enumerate(listing)]
+    return sorted(stages, key=lambda s: ALL_REMEDIES.index(s.remedy))  # run in remedy order (a stable sort)
 
 
 CLEAN_DRAWS = "esc-clean-draws"  # the eps-0 stage of a randomized model: clean correctness over draws

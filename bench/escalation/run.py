@@ -42,6 +42,7 @@ from bench.engine.evaluate import run_stage
 from bench.engine.verify import DetectorRule, DrawsRule, has_detector
 from bench.errors import BenchError
 from bench.escalation.distill import DISTILLED, DistilledSurrogates, cache_name, distill
+from bench.escalation.inner import decision_module
 from bench.escalation.policy import (
     ALL_REMEDIES,
     CLEAN_DRAWS,
@@ -110,6 +111,8 @@ def escalate(store: Store, run_id: int, model: nn.Module, *, surrogates: Surroga
     shattered = shattered_modules(judged, x[:PROBE_IMAGES])
     record["bpda_identity_modules"] = [name for name, _ in shattered]
     can_bpda = bool(bpda_modules(judged) or shattered)
+    inner = decision_module(judged, x[:PROBE_IMAGES])
+    record["inner_logits_module"] = None if inner is None else inner[0]
     detector = None
     if has_detector(judged):
         if run.detector_json is None:
@@ -127,8 +130,10 @@ def escalate(store: Store, run_id: int, model: nn.Module, *, surrogates: Surroga
             # what applies is decided per round, from every check failed so far (a randomized forward found
             # only by a later round's checks still gets EOT, and its verdicts over draws from then on)
             randomized = declared_random or "randomized-forward" in seen
-            applies = {"log-outputs": "probability-outputs" in seen, "bpda": can_bpda, "eot": randomized}
-            rnd = _plan_round(record, number, pending, proto, applies, randomized)
+            applies = {"log-outputs": "probability-outputs" in seen, "bpda": can_bpda,
+                       "inner-logits": inner is not None, "eot": randomized}
+            rnd = _plan_round(record, number, pending, proto, applies, randomized,
+                              rejudge=randomized and not declared_random and bool(POLICY["rejudge_found_randomized"]))
             if rnd is None:
                 break
             store.set_escalation(run_id, json.dumps(record, sort_keys=True))
@@ -136,7 +141,7 @@ def escalate(store: Store, run_id: int, model: nn.Module, *, surrogates: Surroga
             draws = DrawsRule(**RANDOMIZED_RULE) if rnd.get("draws") else None
             with declared_identity([m for _, m in shattered]):  # read by the BPDA stages only
                 latest = _run_round(store, run, proto, record, number, pc, x, y, bs, detector, context, draws,
-                                    progress)
+                                    progress, None if inner is None else inner[1])
             after = run_checks(store, run_id, model, data_dir=data_dir, device=device, batch_size=batch_size,
                                progress=check_progress, after_escalation=True)
             alive = set(latest[float(proto["primary_eps"])].nonzero()[:, 0].tolist())
@@ -157,9 +162,14 @@ def escalate(store: Store, run_id: int, model: nn.Module, *, surrogates: Surroga
 
 
 def _plan_round(record: dict, number: int, failed: list[str], proto: dict, applies: dict[str, bool],
-                randomized: bool) -> dict | None:
+                randomized: bool, rejudge: bool = False) -> dict | None:
     """Plan round ``number`` for the failed checks: its remedies and stages (None: nothing new to run;
-    what was skipped is then noted on the last round, which stays the one whose checks count)."""
+    what was skipped is then noted on the last round, which stays the one whose checks count).
+
+    ``rejudge``: the model was found randomized (not declared so), so the cascade and any earlier
+    round judged it on single draws. The round then starts over, over draws: a clean pass on every
+    sample, then every stage that ran before (the cascade's, then the earlier rounds'), with its own
+    attack and seed, labelled ``esc-draws-<label>``, chained per eps as the cascade is."""
     done = {r for rnd in record["rounds"] for r in [*rnd["remedies"], *rnd["skipped"], *rnd.get("skipped_later", {})]}
     triggers = triggered(failed)
     wanted = [r for r in ALL_REMEDIES if any(r in v for v in triggers.values()) and r not in done]
@@ -177,10 +187,13 @@ def _plan_round(record: dict, number: int, failed: list[str], proto: dict, appli
         ran.add(sig)
         stages.append(s)
     planned: list[dict[str, Any]] = []
-    if randomized and not any(st["label"] == CLEAN_DRAWS for st in record["stages"]):
+    first_draws = randomized and not any(st["label"] == CLEAN_DRAWS for st in record["stages"])
+    redo = _rejudged(record, proto, number) if rejudge and first_draws else {}
+    if first_draws:
         planned.append({"label": CLEAN_DRAWS, "eps": 0.0, "remedy": "eot", "kind": "clean", "params": {},
-                        "seed": 0, "adapter": None, "round": number})
+                        "seed": 0, "adapter": None, "round": number, "all_samples": bool(redo)})
     for eps in proto["epsilons"]:
+        planned.extend(redo.get(float(eps), []))
         for s in stages:
             planned.append({**s.canonical(), "eps": float(eps), "round": number})
     if not planned:
@@ -193,6 +206,26 @@ def _plan_round(record: dict, number: int, failed: list[str], proto: dict, appli
     record["rounds"].append(rnd)
     record["stages"].extend(planned)
     return rnd
+
+
+REJUDGED = "esc-draws-"  # the label prefix of a stage that ran before, run again judged over draws
+
+
+def _rejudged(record: dict, proto: dict, number: int) -> dict[float, list[dict[str, Any]]]:
+    """Per eps, every stage that ran there so far (the cascade's, then earlier rounds'), again, over draws.
+
+    The first at each eps restarts the chain from the samples still robust at the previous eps (or
+    clean-correct over draws): the single-draw verdicts that came before are replaced, not refined."""
+    primary = float(proto["primary_eps"])
+    out: dict[float, list[dict[str, Any]]] = {}
+    for eps in (float(e) for e in proto["epsilons"]):
+        before = [{"label": a["label"], "kind": a["kind"], "params": a["params"], "seed": a["seed"],
+                   "adapter": None, "remedy": "eot"}
+                  for a in proto["attacks"] if a.get("at", "all") == "all" or eps == primary]
+        before += [st for st in record["stages"] if float(st["eps"]) == eps and st.get("kind") != "clean"]
+        out[eps] = [{**st, "label": REJUDGED + st["label"], "eps": eps, "round": number, "rejudge": True,
+                     "restart": i == 0} for i, st in enumerate(before)]
+    return out
 
 
 def _signature(stage: dict) -> str:
@@ -248,15 +281,18 @@ def _latest(proto: dict, rows: list[Result], record: dict, before_round: int, n:
         v = vector((st["label"], float(st["eps"])))
         if v is not None:
             e = float(st["eps"])
-            latest[e] = latest[e] & v if st["label"] == CLEAN_DRAWS else v
+            refines = st["label"] == CLEAN_DRAWS and not st.get("all_samples")  # the clean pass over draws
+            latest[e] = latest[e] & v if refines else v  # refines the cascade's, or replaces it
     return latest
 
 
 def _run_round(store: Store, run: Any, proto: dict, record: dict, number: int, pc: PassCounter, x: torch.Tensor,
                y: torch.Tensor, bs: int, detector: DetectorRule | None, context: AttackContext,
-               draws: DrawsRule | None, progress: StageProgress | None) -> dict[float, torch.Tensor]:
+               draws: DrawsRule | None, progress: StageProgress | None,
+               inner: nn.Module | None = None) -> dict[float, torch.Tensor]:
     """Run (or resume) round ``number``'s stages, chunk by chunk, in the engine's way; returns every
-    sample's robust flags per eps after the round."""
+    sample's robust flags per eps after the round. ``inner`` is the decision submodule the "inner"
+    adapter's stages attack."""
     n = run.n_samples
     latest = _latest(proto, store.results(run.id), record, number, n)
     grid = [0.0] + [float(e) for e in proto["epsilons"]]
@@ -275,16 +311,19 @@ def _run_round(store: Store, run: Any, proto: dict, record: dict, number: int, p
                 rows = store.rows_for(run.id, st["label"], eps, ids.tolist())
                 robust = torch.tensor([r.robust_after for r in rows])
             elif st["label"] == CLEAN_DRAWS:
+                everyone = torch.ones(c1 - c0, dtype=torch.bool)
                 robust = run_stage(store, run.id, run.fingerprint, pc, CLEAN_DRAWS, 0.0, None, xc, yc, ids,
-                                   latest[0.0][c0:c1], bs, make_attack, detector, context, draws=draws)
+                                   everyone if st.get("all_samples") else latest[0.0][c0:c1], bs, make_attack,
+                                   detector, context, draws=draws)
             else:
-                alive = latest[eps][c0:c1] & latest[previous[eps]][c0:c1]
+                alive = (latest[previous[eps]][c0:c1] if st.get("restart")
+                         else latest[eps][c0:c1] & latest[previous[eps]][c0:c1])
                 spec = AttackSpec(st["label"], st["kind"], st["params"], seed=int(st["seed"]))
                 robust = run_stage(store, run.id, run.fingerprint, pc, st["label"], eps, spec, xc, yc, ids, alive,
                                    bs, make_attack, detector, context, draws=draws,
-                                   attack_model=adapt(pc, st["adapter"]))
+                                   attack_model=adapt(pc, st["adapter"], inner))
             if st["label"] == CLEAN_DRAWS:
-                latest[0.0][c0:c1] &= robust
+                latest[0.0][c0:c1] = robust if st.get("all_samples") else latest[0.0][c0:c1] & robust
             else:
                 latest[eps][c0:c1] = robust
             finished += 1
