@@ -39,6 +39,7 @@ from bench.errors import BenchError, user_errors
 from bench.orchestration import jobs
 from bench.orchestration.pool import PoolContext, Task, default_jobs, plan, run_plan, usable_cpus
 from bench.protocol.protocols import Protocol, get_protocol
+from bench.report.record import build_record, import_record, read_record, record_files, write_record
 from bench.report.run_report import RunReport
 from bench.report.summary import join_checks, summarize
 from bench.store.database import Store, normalize_url
@@ -317,12 +318,54 @@ def train(entry: str, dataset: str = "mnist", budget: str = "quick", seed: int =
 
 @_one_error_type
 def leaderboard(*, store: Store | str | None = None, home: str | os.PathLike[str] | None = None,
-                out: str | os.PathLike[str] | None = None) -> Path:
-    """Build the static site from the stored runs; returns the path of its index.html."""
+                out: str | os.PathLike[str] | None = None,
+                from_records: str | os.PathLike[str] | None = None) -> Path:
+    """Build the static site from the stored runs, or from the records under ``from_records`` alone
+    (restored into an in-memory store: nothing is trained or evaluated); returns its index.html."""
     from leaderboard import build_site
 
     ws = Workspace.resolve(home)
-    return build_site(open_store(store, home=home), Path(out).resolve() if out else ws.site, entries(home=home))
+    source = None
+    if from_records is not None:
+        st = Store(IN_MEMORY)
+        for path in record_files(Path(from_records)):
+            import_record(st, read_record(path), source=str(path))
+        source = f"the records in {Path(from_records).name or from_records}/"
+    else:
+        st = open_store(store, home=home)
+    return build_site(st, Path(out).resolve() if out else ws.site, entries(home=home), source)
+
+
+@_one_error_type
+def record(entry_id: str, protocol: str | Protocol = "mnist-linf-quick-v1", *, budget: str = "quick", seed: int = 0,
+           out: str | os.PathLike[str] = "results", store: Store | str | None = None,
+           home: str | os.PathLike[str] | None = None, data_dir: str | None = None,
+           on_train: Callable[[str], None] | None = None, progress: ProgressFn | None = None) -> Path:
+    """Make or refresh the record of an entry (:mod:`bench.report.record`): train it if its checkpoint
+    is missing, evaluate, check and escalate it (resuming a stored run), and write
+    ``<out>/<protocol>/<entry>.<budget>.seed<seed>.json``; returns the path.
+
+    The record states torch's thread count: records made with one thread (``torch.set_num_threads(1)``)
+    are the ones the regression suite reproduces exactly.
+    """
+    from bench.models.checkpoints import state_sha256
+    from bench.report.export import model_info
+
+    proto = _protocol(protocol)
+    if jobs.needs_training(Workspace.resolve(home), entry_id):
+        train(entry_id, proto.dataset, budget, seed, home=home, data_dir=data_dir)
+    st = open_store(store, home=home)
+    rep = evaluate(entry_id, proto, store=st, home=home, budget=budget, seed=seed, data_dir=data_dir,
+                   on_train=on_train, progress=progress)
+    if not rep.summary.complete:
+        raise BenchError(f"run {rep.run_id} of {entry_id} is incomplete: no record")
+    summary = summarize(st, st.run(rep.run_id))
+    info = model_info(summary, entries(home=home).get(entry_id))
+    info.get("gauntlet", {}).pop("run_id", None)  # the local database's id: not part of the result
+    _, target = jobs.target_for(Workspace.resolve(home), jobs.lookup(Workspace.resolve(home), entry_id), proto,
+                                budget, seed)
+    built = build_record(st, rep.run_id, info, torch.get_num_threads(), state_sha256(target.model.state_dict()))
+    return write_record(built, Path(out), st.run(rep.run_id))
 
 
 @_one_error_type

@@ -75,8 +75,9 @@ def run_slug(s: CheckedSummary) -> str:
     return slug_of(s.run)
 
 
-def build_site(store: Store, out: Path, entries: dict[str, Entry]) -> Path:
-    """Write the site into ``out`` and return the path of ``index.html``."""
+def build_site(store: Store, out: Path, entries: dict[str, Entry], source: str | None = None) -> Path:
+    """Write the site into ``out`` and return the path of ``index.html`` (``source``: what the rows were
+    read from, as the pages name it; default the database file's name)."""
     env = Environment(loader=PackageLoader("leaderboard", "templates"), autoescape=select_autoescape(["html"]))
     env.filters["pct"] = fmt_pct
     env.filters["link"] = link
@@ -113,7 +114,7 @@ def build_site(store: Store, out: Path, entries: dict[str, Entry]) -> Path:
             "primary_label": fmt_eps(proto["primary_eps"], dataset),
             "aa_all": all(a["at"] == "all" for a in proto["attacks"] if a["kind"] == "autoattack"),
         })
-    meta = {"generated": now(), "code_version": code_version(), "db": store.url.rsplit("/", 1)[-1]}
+    meta = {"generated": now(), "code_version": code_version(), "db": source or store.url.rsplit("/", 1)[-1]}
     compare = compare_protocols(summaries)
     kinds = sorted({r["entry"].kind for t in tables for r in t["rows"] if r["entry"] is not None})
     (out / "index.html").write_text(env.get_template("index.html").render(tables=tables, meta=meta, compare=compare,

@@ -209,11 +209,43 @@ def check(
 @handle_errors
 def leaderboard(
     out_dir: Annotated[str | None, typer.Option("--out", help="Output folder (default: workspace/site).")] = None,
+    from_records: Annotated[str | None, typer.Option(
+        "--from", help="Build from the records in this folder (e.g. results/) instead of the database.")] = None,
     home: HomeOpt = None, db: DbOpt = None,
 ) -> None:
-    """Build the static leaderboard site from the database and print the path of index.html."""
-    index = api.leaderboard(store=db, home=home, out=out_dir)
+    """Build the static leaderboard site from the database (or from records) and print the path of index.html."""
+    if from_records is not None and db is not None:
+        _fail("--from and --db are exclusive: the site comes from the records or from a database")
+    index = api.leaderboard(store=db, home=home, out=out_dir, from_records=from_records)
     out.print(f"leaderboard: {index}", highlight=False, soft_wrap=True)
+
+
+@app.command()
+@handle_errors
+def record(
+    entry: Annotated[str, typer.Argument(help="Entry id.")],
+    protocol: Annotated[str, typer.Option(help="Protocol name, e.g. mnist-linf-quick-v1.")] = "mnist-linf-quick-v1",
+    budget: CkptBudgetOpt = "quick",
+    seed: CkptSeedOpt = 0,
+    out_dir: Annotated[str, typer.Option("--out", help="Records folder.")] = "results",
+    threads: Annotated[int, typer.Option(help="torch threads (records of record use 1: exactly reproducible).")] = 1,
+    home: HomeOpt = None, db: DbOpt = None, data_dir: DataOpt = None,
+) -> None:
+    """Make or refresh an entry's record of results: train if needed, evaluate, check, escalate, write JSON."""
+    import torch
+
+    if threads < 1:
+        _fail("--threads must be >= 1")
+    torch.set_num_threads(threads)
+    with _progress() as prog:
+        task = prog.add_task(f"record {entry} on {protocol}", total=None)
+
+        def progress(label: str, eps: float, done: int, total: int) -> None:
+            prog.update(task, completed=done, total=total, description=f"record {entry}: {label}@{eps:.4g}")
+
+        path = api.record(entry, protocol, budget=budget, seed=seed, out=out_dir, store=db, home=home,
+                          data_dir=data_dir, progress=progress, on_train=lambda msg: prog.console.print(msg))
+    out.print(f"record: {path} ({path.stat().st_size / 1024:.0f} KiB)", highlight=False, soft_wrap=True)
 
 
 @app.command("export")

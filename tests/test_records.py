@@ -1,0 +1,123 @@
+"""Results of record: a record restores its run's very rows, `bench record` writes one for an entry,
+`bench leaderboard --from` builds the site from records alone, and a damaged record is a one-line error."""
+
+from __future__ import annotations
+
+import importlib.metadata as md
+import json
+import re
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from bench import api
+from bench.cli.app import app
+from bench.errors import BenchError
+from bench.report.export import csv_row
+from bench.report.record import FORMAT, Survivors, build_record, dumps, import_record, read_record, record_path
+from bench.store.database import Store
+
+PRETRAINED = '''
+import torch
+from torch import nn
+from registry import Entry, Paper
+
+
+def linear():
+    torch.manual_seed(3)
+    return nn.Sequential(nn.Flatten(), nn.Linear(784, 10))
+
+
+ENTRY = Entry(id="frozen-linear", name="Frozen linear", description="pretrained, never trained here",
+              paper=Paper("none", "nobody", "nowhere"), kind="pretrained",
+              architectures={"mnist": linear}, pretrained={"mnist": linear})
+'''
+
+
+def csv_rows(store: Store, run_id: int) -> list[list[str]]:
+    run = store.run(run_id)
+    return [[str(v) for v in csv_row(run, r)] for r in store.results(run_id)]
+
+
+@pytest.fixture(scope="module")
+def recorded(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """(records folder, workspace): `bench record` of a pretrained entry under the tiny protocol."""
+    root = tmp_path_factory.mktemp("records")
+    home, results = root / "ws", root / "results"
+    entry = root / "frozen.py"
+    entry.write_text(PRETRAINED)
+    runner = CliRunner()
+    assert runner.invoke(app, ["submit", str(entry), "--home", str(home)]).exit_code == 0
+    threads = torch.get_num_threads()
+    try:
+        result = runner.invoke(app, ["record", "frozen-linear", "--protocol", "mnist-linf-tiny-v1", "--budget", "tiny",
+                                     "--out", str(results), "--home", str(home)])
+    finally:
+        torch.set_num_threads(threads)
+    assert result.exit_code == 0, result.output
+    assert "record:" in result.output
+    return results, home
+
+
+def test_a_record_restores_its_runs_rows_exactly(recorded: tuple[Path, Path]) -> None:
+    results, home = recorded
+    store = Store(home / "gauntlet.db")
+    [run] = store.runs()
+    path = record_path(results, run)
+    assert path == results / "mnist-linf-tiny-v1" / "frozen-linear.pretrained.json" and path.is_file()
+    record = read_record(path)
+    prov = record["provenance"]
+    assert record["format"] == FORMAT
+    assert (prov["fingerprint"], prov["checkpoint_sha256"], prov["threads"]) == (run.fingerprint,
+                                                                               run.checkpoint_sha256, 1)
+    assert prov["torch"] == md.version("torch") and prov["code_version"] == run.code_version and prov["check_suite"]
+    # the file is the record of the stored run, written deterministically
+    assert prov["weights_sha256"] == run.checkpoint_sha256  # a pretrained model's id is its weights' sha256
+    assert path.read_text() == dumps(build_record(store, run.id, record["model_info"], 1, prov["weights_sha256"]))
+    copy = Store("sqlite://")
+    run_id = import_record(copy, record)
+    assert csv_rows(copy, run_id) == csv_rows(store, run.id)
+    assert [tuple(getattr(s, c) for c in ("attack", "eps", "chunk_start", "n_broken", "seed")) for s in
+            copy.stages(run_id)] == [tuple(getattr(s, c) for c in ("attack", "eps", "chunk_start", "n_broken", "seed"))
+                                     for s in store.stages(run.id)]
+    assert Survivors.of_record(record) == Survivors.of_run(store, run.id) == Survivors.of_run(copy, run_id)
+    assert api.report(run_id, store=copy).worst_case == api.report(run.id, store=store).worst_case
+    with pytest.raises(BenchError, match="already holds"):
+        import_record(copy, record)
+
+
+def test_the_site_builds_from_records_alone(recorded: tuple[Path, Path], tmp_path: Path) -> None:
+    results, home = recorded
+    result = CliRunner().invoke(app, ["leaderboard", "--from", str(results), "--out", str(tmp_path / "site"),
+                                      "--home", str(home)])
+    assert result.exit_code == 0, result.output
+    index = (tmp_path / "site" / "index.html").read_text()
+    assert "Frozen linear" in index
+    from_db = api.leaderboard(home=home, out=tmp_path / "db-site")
+    assert "the records in results/" in index and "gauntlet.db" in from_db.read_text()
+
+    def body(page: str) -> str:  # without the line naming the source and the build time
+        return re.sub(r"Generated [^ ]+", "", re.sub(r"rows in <code>[^<]*</code>", "", page))
+
+    assert body(from_db.read_text()) == body(index)  # the same site as from the database
+    for page in (tmp_path / "db-site").rglob("*.html"):
+        assert body(page.read_text()) == body((tmp_path / "site" / page.relative_to(tmp_path / "db-site")).read_text())
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda text: text[: len(text) // 2], "cannot read record"),
+    (lambda text: json.dumps({"format": "other"}), "is not a Gauntlet record"),
+    (lambda text: text.replace('"labels"', '"labelz"'), "is damaged"),
+])
+def test_a_damaged_record_is_a_one_line_error(recorded: tuple[Path, Path], tmp_path: Path, damage, message) -> None:
+    results, home = recorded
+    [path] = results.rglob("*.json")
+    bad = tmp_path / "bad" / "x.json"
+    bad.parent.mkdir()
+    bad.write_text(damage(path.read_text()))
+    result = CliRunner().invoke(app, ["leaderboard", "--from", str(bad.parent), "--out", str(tmp_path / "site"),
+                                      "--home", str(home)])
+    assert result.exit_code == 1 and message in result.output and "Traceback" not in result.output
+    assert len(result.output.strip().splitlines()) == 1
