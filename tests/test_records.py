@@ -73,6 +73,7 @@ def test_a_record_restores_its_runs_rows_exactly(recorded: tuple[Path, Path]) ->
     assert (prov["fingerprint"], prov["checkpoint_sha256"], prov["threads"]) == (run.fingerprint,
                                                                                run.checkpoint_sha256, 1)
     assert prov["torch"] == md.version("torch") and prov["code_version"] == run.code_version and prov["check_suite"]
+    assert prov["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
     # the file is the record of the stored run, written deterministically
     assert prov["weights_sha256"] == run.checkpoint_sha256  # a pretrained model's id is its weights' sha256
     assert path.read_text() == dumps(build_record(store, run.id, record["model_info"], 1, prov["weights_sha256"]))

@@ -26,6 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from bench.errors import BenchError
 from bench.store.database import Check, Result, Run, Stage, Store
 
@@ -205,7 +207,8 @@ def build_record(store: Store, run_id: int, model_info: dict[str, Any], threads:
             "weights_sha256": weights_sha256,
             "check_suite": sorted({c.suite for c in checks}), "code_version": run.code_version,
             "escalation_policy": None if escalation is None else escalation.get("policy"),
-            "torch": packages.get("torch"), "threads": threads, "n_samples": run.n_samples, "device": run.device,
+            "torch": packages.get("torch"), "threads": threads,
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(), "n_samples": run.n_samples, "device": run.device,
         },
         "survivors": {k: _mask_of(rs) for k, rs in sorted(cells.items())},
         "tables": {
