@@ -245,9 +245,16 @@ def dumps(record: dict[str, Any]) -> str:
 
 
 def write_record(record: dict[str, Any], root: Path, run: Run) -> Path:
+    """Write ``record`` to its path under ``root``; atomically, so that an interrupted refresh leaves
+    the previous record whole."""
     path = record_path(root, run)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(dumps(record), encoding="utf-8")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name(path.name + ".partial")
+        partial.write_text(dumps(record), encoding="utf-8")
+        partial.replace(path)
+    except OSError as exc:
+        raise BenchError(f"cannot write record {path}: {exc}".splitlines()[0]) from None
     return path
 
 
