@@ -228,9 +228,13 @@ def test_fab_linf_distance_matches_the_closed_form() -> None:
     ratio = out.distance[keep] / closed[keep]
     assert float(ratio.min()) >= 1 - 1e-5, "below the exact minimum: impossible"
     assert float(ratio.max()) <= 1.02, f"FAB is {float(ratio.max()):.4f} x the optimum"
-    # deterministic and batch-size independent
+    # deterministic, and batch-size independent up to float rounding (a matmul's result may depend on
+    # the batch's size in its last bits, on CPUs whose kernels block by batch size, e.g. AVX-512)
+    same = FABMinNorm(n_iter=100, seed=0).run_min_norm(model, x, y)
+    assert torch.equal(same.x_adv, out.x_adv) and torch.equal(same.distance, out.distance)
     again = FABMinNorm(n_iter=100, seed=0).run_min_norm(model, x, y, batch_size=7)
-    assert torch.equal(again.x_adv, out.x_adv) and torch.equal(again.distance, out.distance)
+    assert torch.allclose(again.x_adv, out.x_adv, rtol=0, atol=1e-5)
+    assert torch.allclose(again.distance, out.distance, rtol=1e-4, atol=1e-6)
 
 
 def test_fab_l2_and_restarts() -> None:
@@ -247,10 +251,11 @@ def test_fab_l2_and_restarts() -> None:
     multi = FABMinNorm(n_restarts=3, n_iter=30, seed=2).run_min_norm(model, x, y, batch_size=5)
     assert torch.equal(torch.random.get_rng_state(), state)
     single = FABMinNorm(n_restarts=1, n_iter=30, seed=2).run_min_norm(model, x, y)
-    assert bool((multi.distance <= single.distance).all())  # restarts only ever improve
+    # restarts only ever improve (up to the float rounding of another batch size, see above)
+    assert bool((multi.distance <= single.distance * (1 + 1e-4) + 1e-6).all())
     perm = torch.tensor([4, 0, 9])
     part = FABMinNorm(n_restarts=3, n_iter=30, seed=2).run_min_norm(model, x[perm], y[perm], sample_ids=perm)
-    assert torch.equal(part.distance, multi.distance[perm])
+    assert torch.allclose(part.distance, multi.distance[perm], rtol=1e-4, atol=1e-6)
 
 
 def test_fab_linf_view_misclassified_and_empty() -> None:
