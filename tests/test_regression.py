@@ -35,7 +35,7 @@ from bench.testing import assert_matches_record
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "results"
 FAST = RESULTS / "mnist-linf-tiny-v1" / "standard.tiny.seed0.json"
-# Under another torch version (or thread count): at most this share of a cell's samples may differ.
+# Under another torch version or CPU capability: at most this share of a cell's samples may differ.
 # Measured with another float summation order, as a stand-in for another torch version (the only one
 # this machine installs is the one in use): the standard quick-v1 record made with 2 torch threads
 # instead of 1 (so trained to other weights, then attacked) differs in at most 5 of 200 samples per

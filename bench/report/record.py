@@ -5,7 +5,9 @@ A record (``results/<protocol>/<entry>.<budget>.seed<seed>.json``; no seed for a
 * ``model_info``: the run's RobustBench-style export (:func:`bench.report.export.model_info`), the
   figures a reader looks at first;
 * ``provenance``: protocol fingerprint, check-suite and escalation-policy ids, code version, torch
-  version and thread count, checkpoint sha256: what the numbers depend on;
+  version, thread count and CPU capability, the checkpoint file's sha256 and the weights' sha256
+  (names and tensor bytes only: a retrained checkpoint differs from the record's in its file
+  metadata, never in its weights): what the numbers depend on;
 * ``survivors``: for each stage and eps (``"pgd-ce@0.3"``), which samples were still robust after it,
   as a hex bit mask over the run's samples (bit i of the integer is sample i): the compact per-sample
   record the regression suite compares;
