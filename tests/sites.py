@@ -112,3 +112,21 @@ def anchors(html: str) -> list[tuple[str, str]]:
     parser.feed(html)
     parser.close()
     return parser.anchors
+
+
+# A submission file of a pretrained entry (never trained here): the API and record tests submit it.
+PRETRAINED = '''
+import torch
+from torch import nn
+from registry import Entry, Paper
+
+
+def linear():
+    torch.manual_seed(3)
+    return nn.Sequential(nn.Flatten(), nn.Linear(784, 10))
+
+
+ENTRY = Entry(id="frozen-linear", name="Frozen linear", description="pretrained, never trained here",
+              paper=Paper("none", "nobody", "nowhere"), kind="pretrained",
+              architectures={"mnist": linear}, pretrained={"mnist": linear})
+'''

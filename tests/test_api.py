@@ -18,6 +18,7 @@ from bench.errors import BenchError
 from bench.protocol.data import load_split
 from bench.protocol.protocols import get_protocol
 from bench.store.database import Store
+from tests.sites import PRETRAINED
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -119,23 +120,6 @@ def test_bad_input_is_a_one_line_error(workspace: Path) -> None:
         api.evaluate("standard", "mnist-linf-tiny-v1", randomized=True)
     with pytest.raises(BenchError, match="store it was evaluated in"):
         api.check(model, "mnist-linf-tiny-v1")
-
-
-PRETRAINED = '''
-import torch
-from torch import nn
-from registry import Entry, Paper
-
-
-def linear():
-    torch.manual_seed(3)
-    return nn.Sequential(nn.Flatten(), nn.Linear(784, 10))
-
-
-ENTRY = Entry(id="frozen-linear", name="Frozen linear", description="pretrained, never trained here",
-              paper=Paper("none", "nobody", "nowhere"), kind="pretrained",
-              architectures={"mnist": linear}, pretrained={"mnist": linear})
-'''
 
 
 def test_demo_evaluates_a_pretrained_entry_without_training(tmp_path: Path, workspace: Path) -> None:

@@ -18,22 +18,7 @@ from bench.errors import BenchError
 from bench.report.export import csv_row
 from bench.report.record import FORMAT, Survivors, build_record, dumps, import_record, read_record, record_path
 from bench.store.database import Store
-
-PRETRAINED = '''
-import torch
-from torch import nn
-from registry import Entry, Paper
-
-
-def linear():
-    torch.manual_seed(3)
-    return nn.Sequential(nn.Flatten(), nn.Linear(784, 10))
-
-
-ENTRY = Entry(id="frozen-linear", name="Frozen linear", description="pretrained, never trained here",
-              paper=Paper("none", "nobody", "nowhere"), kind="pretrained",
-              architectures={"mnist": linear}, pretrained={"mnist": linear})
-'''
+from tests.sites import PRETRAINED
 
 
 def csv_rows(store: Store, run_id: int) -> list[list[str]]:
