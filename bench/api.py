@@ -352,7 +352,8 @@ def record(entry_id: str, protocol: str | Protocol = "mnist-linf-quick-v1", *, b
     from bench.report.export import model_info
 
     proto = _protocol(protocol)
-    if jobs.needs_training(Workspace.resolve(home), entry_id):
+    ws = Workspace.resolve(home)
+    if jobs.needs_training(ws, entry_id):
         train(entry_id, proto.dataset, budget, seed, home=home, data_dir=data_dir)
     st = open_store(store, home=home)
     rep = evaluate(entry_id, proto, store=st, home=home, budget=budget, seed=seed, data_dir=data_dir,
@@ -362,8 +363,7 @@ def record(entry_id: str, protocol: str | Protocol = "mnist-linf-quick-v1", *, b
     summary = summarize(st, st.run(rep.run_id))
     info = model_info(summary, entries(home=home).get(entry_id))
     info.get("gauntlet", {}).pop("run_id", None)  # the local database's id: not part of the result
-    _, target = jobs.target_for(Workspace.resolve(home), jobs.lookup(Workspace.resolve(home), entry_id), proto,
-                                budget, seed)
+    _, target = jobs.target_for(ws, jobs.lookup(ws, entry_id), proto, budget, seed)
     built = build_record(st, rep.run_id, info, torch.get_num_threads(), state_sha256(target.model.state_dict()))
     return write_record(built, Path(out), st.run(rep.run_id))
 
