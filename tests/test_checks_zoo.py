@@ -148,9 +148,13 @@ def _assert_within_reference(report, reference: dict[float, float], name: str) -
     assert list(worst.values()) == sorted(worst.values(), reverse=True), (name, worst)  # nested balls
     for eps, ref in reference.items():
         assert worst[eps] <= ref + 3.0, (name, eps, worst, reference, report.worst_case_before_escalation)
-        assert worst[eps] <= report.worst_case_before_escalation[eps]
-        if name == "Noisy":  # judged over draws, not by single lucky draws: not far below the EOT reference either
+        if name == "Noisy":
+            # Found randomized, so rejudged by the majority over draws: the figure before escalation was judged
+            # on one draw per sample (a different rule, lucky or unlucky), so it bounds nothing; instead the
+            # escalated figure must not fall far below the EOT reference either.
             assert worst[eps] >= ref - 3.0, (name, eps, worst, reference)
+        else:
+            assert worst[eps] <= report.worst_case_before_escalation[eps], (name, eps)
 
 
 def test_escalation_reaches_the_log_probability_reference(tmp_path: Path, honest: nn.Module, one_thread) -> None:
