@@ -20,7 +20,7 @@ from bench.report.naming import headline_claim, same_eps
 from bench.report.naming import run_slug as slug_of
 from bench.report.run_report import EscalationReport
 from bench.report.summary import CheckedSummary, summarize_all
-from bench.store.database import Store, now
+from bench.store.database import Store, now, store_name
 from leaderboard.curves import entry_curves
 from leaderboard.findings import findings
 from registry.entry import Claim, Entry, is_http_url
@@ -114,7 +114,7 @@ def build_site(store: Store, out: Path, entries: dict[str, Entry], source: str |
             "primary_label": fmt_eps(proto["primary_eps"], dataset),
             "aa_all": all(a["at"] == "all" for a in proto["attacks"] if a["kind"] == "autoattack"),
         })
-    meta = {"generated": now(), "code_version": code_version(), "db": source or store.url.rsplit("/", 1)[-1]}
+    meta = {"generated": now(), "code_version": code_version(), "db": source or store_name(store.url)}
     compare = compare_protocols(summaries)
     kinds = sorted({r["entry"].kind for t in tables for r in t["rows"] if r["entry"] is not None})
     (out / "index.html").write_text(env.get_template("index.html").render(tables=tables, meta=meta, compare=compare,

@@ -136,3 +136,23 @@ def workspace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     home = tmp_path / "ws"
     monkeypatch.setenv("GAUNTLET_HOME", str(home))
     return home
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """One throwaway PostgreSQL server for the session (see tests/postgres.py)."""
+    from tests.postgres import PostgresServer
+
+    server = PostgresServer()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def new_db(request: pytest.FixtureRequest, tmp_path: Path):
+    """A factory of new, empty databases (a SQLAlchemy URL per call): SQLite files or PostgreSQL databases
+    on the session's server, so storage, resume and engine tests run against both."""
+    if request.param == "sqlite":
+        return lambda name="test": f"sqlite:///{tmp_path / name}.db"
+    server = request.getfixturevalue("postgres")
+    return lambda name="test": server.new_database()

@@ -130,3 +130,10 @@ ENTRY = Entry(id="frozen-linear", name="Frozen linear", description="pretrained,
               paper=Paper("none", "nobody", "nowhere"), kind="pretrained",
               architectures={"mnist": linear}, pretrained={"mnist": linear})
 '''
+
+
+def site_body(page: str) -> str:
+    """A site page without the line naming its source (database or records) and its build time."""
+    import re
+
+    return re.sub(r"Generated [^ ]+", "", re.sub(r"rows in <code>[^<]*</code>", "", page))

@@ -25,8 +25,8 @@ def _rows(store: Store, run_id: int) -> list[tuple]:
              None if r.linf is None else round(r.linf, 6), r.detail) for r in store.results(run_id)]
 
 
-def _eval(tmp_path: Path, name: str, model: Linear, **kw) -> tuple[Store, int]:
-    store = Store(tmp_path / f"{name}.db")
+def _eval(tmp_path: Path, name: str, model: Linear, db: str | None = None, **kw) -> tuple[Store, int]:
+    store = Store(db or tmp_path / f"{name}.db")
     protocol = kw.pop("protocol", small_protocol())
     return store, evaluate(store, _target(model), protocol, **kw)
 
@@ -69,11 +69,12 @@ def test_one_row_per_run_attack_eps_sample(reference: tuple[Store, int]) -> None
     assert len(keys) == len(set(keys)) == 60 * (1 + 4 * 3)
 
 
-def test_same_seed_same_rows_and_batch_size_does_not_matter(tmp_path: Path, linear: Linear,
+def test_same_seed_same_rows_and_batch_size_does_not_matter(tmp_path: Path, linear: Linear, new_db,
                                                              reference: tuple[Store, int]) -> None:
+    """On SQLite and on PostgreSQL: the reference's rows (stored in SQLite), whatever the store."""
     s1, r1 = reference
-    s2, r2 = _eval(tmp_path, "b", linear)
-    s3, r3 = _eval(tmp_path, "c", linear, batch_size=7)
+    s2, r2 = _eval(tmp_path, "b", linear, db=new_db("b"))
+    s3, r3 = _eval(tmp_path, "c", linear, db=new_db("c"), batch_size=7)
     assert _rows(s1, r1) == _rows(s2, r2) == _rows(s3, r3)
 
 
@@ -110,10 +111,10 @@ def test_broken_samples_are_never_attacked_again(tmp_path: Path, linear: Linear)
     assert len(broken_before) > len(wrong)
 
 
-def test_resume_after_a_simulated_kill_gives_the_same_rows(tmp_path: Path, linear: Linear,
+def test_resume_after_a_simulated_kill_gives_the_same_rows(linear: Linear, new_db,
                                                            reference: tuple[Store, int]) -> None:
     ref_store, ref_id = reference
-    store = Store(tmp_path / "killed.db")
+    store = Store(new_db("killed"))
     n_calls = {"n": 0}
 
     class Killed(Exception):
@@ -136,9 +137,9 @@ def test_resume_after_a_simulated_kill_gives_the_same_rows(tmp_path: Path, linea
     assert len(store.runs()) == 1
 
 
-def test_slices_merge_into_one_run(tmp_path: Path, linear: Linear, reference: tuple[Store, int]) -> None:
+def test_slices_merge_into_one_run(linear: Linear, new_db, reference: tuple[Store, int]) -> None:
     ref_store, ref_id = reference
-    store = Store(tmp_path / "slices.db")
+    store = Store(new_db("slices"))
     evaluate(store, _target(linear), small_protocol(), start=20, stop=60)
     run_id = evaluate(store, _target(linear), small_protocol(), start=0, stop=20)
     assert len(store.runs()) == 1

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import importlib.metadata as md
 import json
-import re
 from pathlib import Path
 
 import pytest
@@ -18,7 +17,7 @@ from bench.errors import BenchError
 from bench.report.export import csv_row
 from bench.report.record import FORMAT, Survivors, build_record, dumps, import_record, read_record, record_path
 from bench.store.database import Store
-from tests.sites import PRETRAINED
+from tests.sites import PRETRAINED, site_body
 
 
 def csv_rows(store: Store, run_id: int) -> list[list[str]]:
@@ -84,9 +83,7 @@ def test_the_site_builds_from_records_alone(recorded: tuple[Path, Path], tmp_pat
     from_db = api.leaderboard(home=home, out=tmp_path / "db-site")
     assert "the records in results/" in index and "gauntlet.db" in from_db.read_text()
 
-    def body(page: str) -> str:  # without the line naming the source and the build time
-        return re.sub(r"Generated [^ ]+", "", re.sub(r"rows in <code>[^<]*</code>", "", page))
-
+    body = site_body
     assert body(from_db.read_text()) == body(index)  # the same site as from the database
     for page in (tmp_path / "db-site").rglob("*.html"):
         assert body(page.read_text()) == body((tmp_path / "site" / page.relative_to(tmp_path / "db-site")).read_text())

@@ -1,4 +1,8 @@
-"""SQLite (or any SQLAlchemy URL) storage of runs, per-sample rows and per-stage records.
+"""SQLite or PostgreSQL (any SQLAlchemy URL) storage of runs, per-sample rows and per-stage records.
+
+PostgreSQL (``postgresql+psycopg://user@host/db``, the ``postgres`` extra) is the store a cluster's
+workers share; both give the same rows (tests/test_postgres.py, and the storage, resume and engine tests
+run on both).
 
 * ``runs``: one per (entry, protocol fingerprint, checkpoint sha256): provenance (code version,
   packages, device, seeds, wall time). Slices evaluated elsewhere with the same key merge into it.
@@ -54,6 +58,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 from bench.errors import BenchError
 
 SCHEMA_VERSION = 4
+SCHEMA_LOCK_KEY = 0x6761756E746C6574  # 'gauntlet': the advisory lock of schema changes (PostgreSQL)
 
 
 class Base(DeclarativeBase):
@@ -161,6 +166,20 @@ def normalize_url(db: str | os.PathLike[str]) -> str:
     return f"sqlite:///{path}"
 
 
+def store_name(url: str) -> str:
+    """How a page names a database: a SQLite file's name, else the server database's name (never a host,
+    user or password)."""
+    from sqlalchemy.engine import make_url
+
+    if url.startswith("sqlite"):
+        return url.rsplit("/", 1)[-1] or "in-memory database"
+    try:
+        parsed = make_url(url)
+    except Exception:  # noqa: BLE001 - a name for a page, never an error
+        return "database"
+    return f"{parsed.get_backend_name()} database {parsed.database or ''}".strip()
+
+
 def now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
@@ -178,28 +197,47 @@ class Store:
                 path.parent.mkdir(parents=True, exist_ok=True)
         try:
             self.engine = create_engine(self.url)
+        except ModuleNotFoundError as exc:
+            hint = " (pip install -e '.[postgres]')" if self.url.startswith("postgresql") else ""
+            raise BenchError(f"database {self.url.split('://')[0]}: driver {exc.name} not installed{hint}") from None
         except Exception as exc:
             raise BenchError(f"bad database URL {self.url!r}: {exc}".splitlines()[0]) from None
         if self.url.startswith("sqlite"):
             event.listen(self.engine, "connect", _sqlite_pragmas)
         try:
             if create:
-                Base.metadata.create_all(self.engine)
-                _upgrade(self.engine)
-                with Session(self.engine) as s, s.begin():
-                    meta = s.get(Meta, "schema_version")
-                    if meta is None:
-                        s.add(Meta(key="schema_version", value=str(SCHEMA_VERSION)))
-                    elif int(meta.value) > SCHEMA_VERSION:
-                        raise BenchError(f"database {self.url} has schema {meta.value}, newer than this code's "
-                                         f"{SCHEMA_VERSION}; upgrade Gauntlet")
-                    else:
-                        meta.value = str(SCHEMA_VERSION)
+                self._create_or_upgrade()
             with Session(self.engine) as s:
                 s.execute(select(func.count(Run.id))).scalar_one()
         except SQLAlchemyError as exc:
             raise BenchError(f"cannot open database {self.url}: {exc.__class__.__name__}: "
                              f"{str(exc.orig if hasattr(exc, 'orig') else exc).splitlines()[0]}") from None
+
+    def _create_or_upgrade(self) -> None:
+        """Create the schema, or upgrade an older one, and record its version: in one transaction.
+
+        On PostgreSQL the transaction first takes an advisory lock, so processes opening a new database at
+        the same moment (a cluster's workers) create it once instead of colliding on the catalog; the
+        others then find it made. On SQLite it begins with the file's write lock (``BEGIN IMMEDIATE``),
+        for the same reason.
+        """
+        with self.engine.begin() as conn:
+            if conn.dialect.name == "postgresql":
+                conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": SCHEMA_LOCK_KEY})
+            elif conn.dialect.name == "sqlite":  # the write lock before the first look at the schema
+                conn.exec_driver_sql("BEGIN IMMEDIATE")
+            Base.metadata.create_all(conn)
+            _upgrade(conn)
+            with Session(bind=conn) as s:
+                meta = s.get(Meta, "schema_version")
+                if meta is None:
+                    s.add(Meta(key="schema_version", value=str(SCHEMA_VERSION)))
+                elif int(meta.value) > SCHEMA_VERSION:
+                    raise BenchError(f"database {self.url} has schema {meta.value}, newer than this code's "
+                                     f"{SCHEMA_VERSION}; upgrade Gauntlet")
+                else:
+                    meta.value = str(SCHEMA_VERSION)
+                s.flush()
 
     def session(self) -> Session:
         return Session(self.engine, expire_on_commit=False)
@@ -306,18 +344,18 @@ class Store:
             return list(s.execute(select(Stage).where(Stage.run_id == run_id)).scalars())
 
 
-def _upgrade(engine: Any) -> None:
-    """Add the columns of newer schemas that an older database lacks (nullable, so no row changes)."""
-    insp = inspect(engine)
-    with engine.begin() as conn:
-        for table in Base.metadata.sorted_tables:
-            have = {c["name"] for c in insp.get_columns(table.name)}
-            for col in table.columns:
-                if col.name not in have:
-                    if not col.nullable:
-                        raise BenchError(f"cannot upgrade table {table.name}: new column {col.name} is required")
-                    ddl = col.type.compile(dialect=engine.dialect)
-                    conn.execute(text(f'ALTER TABLE {table.name} ADD COLUMN "{col.name}" {ddl}'))
+def _upgrade(conn: Any) -> None:
+    """Add the columns of newer schemas that an older database lacks (nullable, so no row changes);
+    ``conn`` is the schema transaction's connection."""
+    insp = inspect(conn)
+    for table in Base.metadata.sorted_tables:
+        have = {c["name"] for c in insp.get_columns(table.name)}
+        for col in table.columns:
+            if col.name not in have:
+                if not col.nullable:
+                    raise BenchError(f"cannot upgrade table {table.name}: new column {col.name} is required")
+                ddl = col.type.compile(dialect=conn.dialect)
+                conn.execute(text(f'ALTER TABLE {table.name} ADD COLUMN "{col.name}" {ddl}'))
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
