@@ -101,11 +101,22 @@ def perf_demo() -> None:
           f"pool speed-up {wall['1'] / wall['0']:.2f}x", flush=True)
 
 
+def perf_scale() -> None:
+    """Ray's overhead on the demo, stage writes on SQLite vs PostgreSQL, the cascade vs every attack on every
+    sample: ratios measured side by side (``bench/benchmarks/perf_scale.py``; needs the ray extra)."""
+    sh(str(BIN / "python"), "-m", "bench.benchmarks.perf_scale")
+
+
+def gpu_check() -> None:
+    """The prepared GPU check (``bench/benchmarks/gpu_check.py``): run it on a machine with CUDA."""
+    sh(str(BIN / "python"), "-m", "bench.benchmarks.gpu_check", *sys.argv[2:])
+
+
 TASKS = {"install": install, "browser": browser, "demo": demo, "test": test, "test-slow": test_slow, "lint": lint,
-         "perf": perf, "perf-demo": perf_demo}
+         "perf": perf, "perf-demo": perf_demo, "perf-scale": perf_scale, "gpu-check": gpu_check}
 
 if __name__ == "__main__":
-    if len(sys.argv) != 2 or sys.argv[1] not in TASKS:
+    if len(sys.argv) < 2 or sys.argv[1] not in TASKS or (len(sys.argv) > 2 and sys.argv[1] != "gpu-check"):
         print(f"usage: python tasks.py {{{'|'.join(TASKS)}}}", file=sys.stderr)
         sys.exit(2)
     os.chdir(ROOT)

@@ -68,6 +68,8 @@ def _one_error_type(fn: F) -> F:
 
 ProgressFn = Callable[[str, float, int, int], None]
 ChecksFn = Callable[[int, str, float], None]
+TaskFn = Callable[[Task, str, float], None]
+EXECUTORS = ("local", "ray")
 
 
 @dataclass(frozen=True)
@@ -195,7 +197,9 @@ def evaluate(model_or_entry: nn.Module | str | Entry, protocol: str | Protocol =
              checkpoint: str | None = None, start: int = 0, stop: int | None = None,
              data_dir: str | None = None, device: str = "cpu", batch_size: int | None = None,
              progress: ProgressFn | None = None, check_progress: Callable[[str], None] | None = None,
-             on_train: Callable[[str], None] | None = None, on_checks: ChecksFn | None = None) -> RunReport:
+             on_train: Callable[[str], None] | None = None, on_checks: ChecksFn | None = None,
+             executor: str = "local", ray_address: str | None = None, task_threads: int = 1,
+             on_task: TaskFn | None = None) -> RunReport:
     """Evaluate a model or an entry under a protocol and return its report.
 
     ``name``, ``randomized`` (judged with EOT) and ``adaptive`` (adaptive attack names, as an entry
@@ -205,7 +209,22 @@ def evaluate(model_or_entry: nn.Module | str | Entry, protocol: str | Protocol =
     current suite's are stored (``force_checks`` runs them again); ``on_checks(run id, verdict, seconds)``
     hears how they went. A run they flag unreliable is escalated (:mod:`bench.escalation`) unless
     ``escalation`` is off: the report's worst case is then the escalated one.
+
+    ``executor="ray"`` runs a registered entry's plan on Ray instead (:func:`run_on_ray`: its training
+    if needed, each chunk of the slice, the checks), ``task_threads`` torch threads per task;
+    ``on_task(task, message, seconds)`` hears each finished task.
     """
+    if executor != "local":
+        _executor(executor)
+        if not isinstance(model_or_entry, str) or checkpoint is not None:
+            raise BenchError("--executor ray evaluates a registered entry's own checkpoint (no model object, "
+                             "no --checkpoint)")
+        run_id = run_on_ray([model_or_entry], _protocol(protocol).name, budget=budget, seed=seed, home=home,
+                            db=store.url if isinstance(store, Store) else store, data_dir=data_dir, device=device,
+                            escalation=escalation, checks=checks, start=start, stop=stop, address=ray_address,
+                            threads=task_threads, on_done=on_task)[model_or_entry]
+        st = open_store(store, home=home)
+        return RunReport.from_summary(join_checks(summarize_rows(st, st.run(run_id)), load_results(st, run_id)))
     ws, st, proto, target = _target(model_or_entry, protocol, store, home, name, randomized, adaptive, budget, seed,
                                     checkpoint, data_dir, in_memory=True)
     run_id = jobs.evaluate_target(ws, st, proto, target, data_dir=data_dir, device=device, start=start, stop=stop,
@@ -388,36 +407,86 @@ def demo_plan(entry_ids: Sequence[str], protocol: str, budget: str = "quick", se
     return plan(ws, list(entry_ids), protocol, budget, seed)
 
 
+def _executor(name: str) -> None:
+    """A known executor whose package is installed, else a one-line error."""
+    if name not in EXECUTORS:
+        raise BenchError(f"unknown executor {name!r}: local (this machine's process pool) or ray")
+    if name == "ray":
+        from bench.orchestration.ray_executor import ray_module
+
+        ray_module()
+
+
+@_one_error_type
+def run_on_ray(entry_ids: Sequence[str], protocol: str, *, budget: str = "quick", seed: int = 0,
+               home: str | os.PathLike[str] | None = None, db: str | None = None, data_dir: str | None = None,
+               device: str = "cpu", download: bool = False, escalation: bool = True, checks: bool = True,
+               start: int = 0, stop: int | None = None, address: str | None = None, threads: int = 1,
+               on_done: TaskFn | None = None) -> dict[str, int]:
+    """Run the plan of ``entry_ids`` on Ray (:mod:`bench.orchestration.ray_executor`): the cluster at
+    ``address``, else a local one. ``start``/``stop`` keep the chunks of a slice (the checks run only on
+    a whole run, and only with ``checks``). Returns each entry's run id."""
+    _executor("ray")
+    from bench.orchestration.ray_executor import run_ray
+
+    if threads < 1:
+        raise BenchError("--task-threads must be >= 1")
+    proto = get_protocol(protocol)
+    stop = proto.n_samples if stop is None else stop
+    if start % proto.chunk_size or not (0 <= start < stop <= proto.n_samples) or (
+            stop % proto.chunk_size and stop != proto.n_samples):
+        raise BenchError(f"slice {start}:{stop} must align with chunks of {proto.chunk_size} within "
+                         f"0:{proto.n_samples}")
+    whole = start == 0 and stop == proto.n_samples
+    tasks = {t: needs for t, needs in demo_plan(entry_ids, protocol, budget, seed, home=home).items()
+             if (t.kind != "evaluate" or start <= t.start < stop) and (t.kind != "check" or (checks and whole))}
+    tasks = {t: {n for n in needs if n in tasks} for t, needs in tasks.items()}
+    ws = Workspace.resolve(home)
+    open_store(db, home=home)  # creates or upgrades the schema once, before the workers open it
+    ctx = PoolContext(str(ws.root), db, protocol, data_dir, device, threads, download, escalation)
+    done = run_ray(tasks, ctx, address, on_done)
+    return {t.entry_id: run_id for t, run_id in done.items() if t.kind == "evaluate" and run_id is not None}
+
+
 @_one_error_type
 def demo(entry_ids: Sequence[str] | None = None, *, protocol: str = "mnist-linf-quick-v1", budget: str = "quick",
          seed: int = 0, jobs_: int = 0, home: str | os.PathLike[str] | None = None, db: str | None = None,
          data_dir: str | None = None, device: str = "cpu", download: bool = False, escalation: bool = True,
-         on_start: Callable[[int, int, int], None] | None = None,
-         on_done: Callable[[Task, str, float], None] | None = None) -> DemoResult:
+         executor: str = "local", ray_address: str | None = None, task_threads: int = 1,
+         on_start: Callable[[int, str, int], None] | None = None,
+         on_done: TaskFn | None = None) -> DemoResult:
     """Train, evaluate and check entries (default: the demo's four), then build the site.
 
     The plan runs on ``jobs_`` worker processes (0: the default rule of
     :func:`bench.orchestration.pool.default_jobs`), or in this process when that is 1: the same
-    task code either way. ``on_start(tasks, processes, threads)`` is called once before the work. An entry
-    its checks flag unreliable is escalated by its check task, unless ``escalation`` is off.
+    task code either way. With ``executor="ray"`` it runs on Ray instead (:func:`run_on_ray`), each task
+    with ``task_threads`` torch threads. ``on_start(tasks, where, threads)`` is called once before the
+    work. An entry its checks flag unreliable is escalated by its check task, unless ``escalation`` is off.
     """
     from registry import DEMO_ENTRIES
 
+    _executor(executor)
     if jobs_ < 0:
         raise BenchError("--jobs must be >= 0")
     ids = list(entry_ids) if entry_ids else list(DEMO_ENTRIES)
     tasks = demo_plan(ids, protocol, budget, seed, home=home)
     ws = Workspace.resolve(home)
-    n = jobs_ or default_jobs(device, len(ids))
-    if n > 1 and normalize_url(db or ws.db_url) in ("sqlite://", "sqlite:///:memory:"):
-        n = 1  # an in-memory database lives in one process
     st = open_store(db, home=home)  # creates or upgrades the schema once: workers opening a new database would race
-    threads = max(1, usable_cpus() // n) if n > 1 else torch.get_num_threads()  # in-process: as it is set
-    ctx = PoolContext(str(ws.root), db, protocol, data_dir, device, threads, download, escalation)
-    if on_start is not None:
-        on_start(len(tasks), n, threads)
-    done = run_plan(tasks, ctx, n, on_done=on_done, store=st)
-    run_ids = {t.entry_id: run_id for t, run_id in done.items() if t.kind == "check" and run_id is not None}
+    if executor == "ray":
+        if on_start is not None:
+            on_start(len(tasks), f"on Ray ({ray_address or 'a local cluster'})", task_threads)
+        run_ids = run_on_ray(ids, protocol, budget=budget, seed=seed, home=home, db=db or st.url,
+                             data_dir=data_dir, device=device, download=download, escalation=escalation,
+                             address=ray_address, threads=task_threads, on_done=on_done)
+    else:
+        n = jobs_ or default_jobs(device, len(ids))
+        if n > 1 and normalize_url(db or ws.db_url) in ("sqlite://", "sqlite:///:memory:"):
+            n = 1  # an in-memory database lives in one process
+        threads = max(1, usable_cpus() // n) if n > 1 else torch.get_num_threads()  # in-process: as it is set
+        ctx = PoolContext(str(ws.root), db, protocol, data_dir, device, threads, download, escalation)
+        if on_start is not None:
+            on_start(len(tasks), "in this process" if n == 1 else f"on {n} worker processes", threads)
+        done = run_plan(tasks, ctx, n, on_done=on_done, store=st)
+        run_ids = {t.entry_id: run_id for t, run_id in done.items() if t.kind == "check" and run_id is not None}
     reports = {e: report(run_ids[e], store=st) for e in ids}
     return DemoResult(reports, leaderboard(store=st, home=home))
-

@@ -67,20 +67,26 @@ def _evaluate_slice(db: str, start: int, stop: int) -> int:
     """A writer process: opens the (maybe still empty) database and evaluates one slice."""
     import torch
 
-    from tests.conftest import fit_linear_mnist
-
     torch.set_num_threads(1)
-    target = EvalTarget(get_entry("standard"), fit_linear_mnist(), "w", "test", 0)
+    torch.manual_seed(0)  # the same (untrained) weights in every process: a cheap model with varied rows
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 10))
+    target = EvalTarget(get_entry("standard"), model, "w", "test", 0)
     return evaluate(Store(db), target, small_protocol(n=60, chunk=20, eps=(0.0, 0.1), steps=2), start=start, stop=stop)
 
 
-def test_concurrent_writers_create_one_schema_and_one_run(new_db) -> None:
+@pytest.fixture(scope="module")
+def writers():
+    """Three spawned writer processes, shared by the backends' runs (starting them is most of the cost)."""
+    with ProcessPoolExecutor(3, mp_context=get_context("spawn")) as pool:
+        yield pool
+
+
+def test_concurrent_writers_create_one_schema_and_one_run(new_db, writers: ProcessPoolExecutor) -> None:
     """Three processes open a new database at once (each creates the schema) and store a slice each of
     the same run: one run, the rows of a one-process evaluation, none lost or doubled."""
     ref_db, db = new_db("ref"), new_db("shared")
     ref_id = _evaluate_slice(ref_db, 0, 60)
-    with ProcessPoolExecutor(3, mp_context=get_context("spawn")) as pool:
-        ids = list(pool.map(_evaluate_slice, [db] * 3, [0, 20, 40], [20, 40, 60]))
+    ids = list(writers.map(_evaluate_slice, [db] * 3, [0, 20, 40], [20, 40, 60]))
     store, ref = Store(db), Store(ref_db)
     assert len(set(ids)) == 1 and len(store.runs()) == 1
 

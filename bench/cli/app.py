@@ -33,6 +33,14 @@ DataOpt = Annotated[str | None, typer.Option(
     "--data-dir", help="Dataset root (default $GAUNTLET_DATA_DIR or ../shared/data).")]
 DeviceOpt = Annotated[str, typer.Option("--device", help="torch device, e.g. cpu or cuda.")]
 DownloadOpt = Annotated[bool, typer.Option("--download", help="Download missing datasets with torchvision.")]
+ExecutorOpt = Annotated[str, typer.Option(
+    "--executor", help="Where the plan's tasks run: local (this machine's process pool) or ray (pip install "
+                       "-e '.[ray]').")]
+RayAddressOpt = Annotated[str | None, typer.Option(
+    "--ray-address", help="With --executor ray: the cluster's address (e.g. head-node:6379; default: start a "
+                          "local cluster).")]
+TaskThreadsOpt = Annotated[int, typer.Option(
+    "--task-threads", help="With --executor ray: torch threads (= Ray CPUs) of each task.")]
 CkptBudgetOpt = Annotated[str, typer.Option("--budget", help="Which trained checkpoint: its budget.")]
 CkptSeedOpt = Annotated[int, typer.Option("--seed", help="Which trained checkpoint: its training seed.")]
 
@@ -134,6 +142,10 @@ def train(
     out.print(f"{trained.entry_id}: {verb}: {trained.path}", highlight=False, soft_wrap=True)
 
 
+def _print_task(task: Any, message: str, seconds: float) -> None:
+    out.print(f"{task.label()} ({seconds:.0f} s): {message}", highlight=False, markup=False, soft_wrap=True)
+
+
 def _print_checks(run_id: int, message: str, seconds: float) -> None:
     out.print(f"checks of run {run_id} ({seconds:.0f} s): {message}", highlight=False, markup=False)
 
@@ -160,12 +172,20 @@ def evaluate(
     checks: Annotated[bool, typer.Option(help="Run the sanity checks once the run is complete.")] = True,
     escalation: Annotated[bool, typer.Option(
         help="Escalate a run the checks flag unreliable (stronger attacks at every eps; see the README).")] = True,
+    executor: ExecutorOpt = "local", ray_address: RayAddressOpt = None, task_threads: TaskThreadsOpt = 1,
     home: HomeOpt = None, db: DbOpt = None, data_dir: DataOpt = None, device: DeviceOpt = "cpu",
     download: DownloadOpt = False,
 ) -> None:
     """Evaluate an entry under a protocol; resumable (run it again after an interruption)."""
     _set_download(download)
     device = _check_device(device)
+    if executor != "local":  # the entry's plan (train if needed, each chunk, checks) on Ray
+        report = api.evaluate(entry, protocol, store=db, home=home, checks=checks, escalation=escalation,
+                              budget=budget, seed=seed, checkpoint=checkpoint, start=start, stop=stop,
+                              data_dir=data_dir, device=device, executor=executor, ray_address=ray_address,
+                              task_threads=task_threads, on_task=_print_task)
+        _print_report(report)
+        return
     with _progress() as prog:
         task = prog.add_task(f"evaluate {entry} on {protocol}", total=None)
 
@@ -322,6 +342,7 @@ def demo(
                              "checks run side by side, one torch thread per process.")] = 0,
     escalation: Annotated[bool, typer.Option(
         help="Escalate a run the checks flag unreliable (stronger attacks at every eps; see the README).")] = True,
+    executor: ExecutorOpt = "local", ray_address: RayAddressOpt = None, task_threads: TaskThreadsOpt = 1,
     home: HomeOpt = None, db: DbOpt = None, data_dir: DataOpt = None, device: DeviceOpt = "cpu",
     download: DownloadOpt = False,
 ) -> None:
@@ -337,8 +358,7 @@ def demo(
     with _progress() as prog:
         bar = prog.add_task("demo", total=None)
 
-        def on_start(n_tasks: int, processes: int, threads: int) -> None:
-            where = "in this process" if processes == 1 else f"on {processes} worker processes"
+        def on_start(n_tasks: int, where: str, threads: int) -> None:
             out.print(f"{n_tasks} tasks {where}, {threads} torch thread(s) each", highlight=False)
             prog.update(bar, total=n_tasks)
 
@@ -350,6 +370,7 @@ def demo(
 
         result = api.demo(ids, protocol=protocol, budget=budget, seed=seed, jobs_=jobs, home=home, db=db,
                           data_dir=data_dir, device=device, download=download, escalation=escalation,
+                          executor=executor, ray_address=ray_address, task_threads=task_threads,
                           on_start=on_start, on_done=on_done)
     for r in result.reports.values():
         _print_report(r)

@@ -223,8 +223,10 @@ def _init_worker(threads: int, download: bool) -> None:
     allow_download(download)
 
 
-def _run_task(task: Task, ctx: PoolContext, store: Any = None) -> tuple[str, int | None]:
-    """Do one task (in a worker or in-process); returns a one-line report and the run id (None for training)."""
+def _run_task(task: Task, ctx: PoolContext, store: Any = None,
+              progress: Callable[[str, float, int, int], None] | None = None) -> tuple[str, int | None]:
+    """Do one task (in a worker, in-process or on Ray); returns a one-line report and the run id (None for
+    training). ``progress`` hears an evaluation's stages as they are stored."""
     from bench.orchestration import jobs
     from bench.protocol.protocols import get_protocol
 
@@ -240,7 +242,7 @@ def _run_task(task: Task, ctx: PoolContext, store: Any = None) -> tuple[str, int
     protocol, target = jobs.resolve_target(ws, task.entry_id, ctx.protocol, task.budget, task.seed)
     if task.kind == "evaluate":
         run_id = jobs.evaluate_target(ws, store, protocol, target, data_dir=ctx.data_dir, device=ctx.device,
-                                      start=task.start, stop=task.stop)
+                                      start=task.start, stop=task.stop, progress=progress)
         return f"run {run_id}: samples {task.start}:{task.stop} stored", run_id
     if task.kind == "check":
         run = jobs.run_of(store, protocol, target)
