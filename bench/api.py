@@ -431,12 +431,10 @@ def run_on_ray(entry_ids: Sequence[str], protocol: str, *, budget: str = "quick"
 
     if threads < 1:
         raise BenchError("--task-threads must be >= 1")
+    from bench.engine.evaluate import check_slice
+
     proto = get_protocol(protocol)
-    stop = proto.n_samples if stop is None else stop
-    if start % proto.chunk_size or not (0 <= start < stop <= proto.n_samples) or (
-            stop % proto.chunk_size and stop != proto.n_samples):
-        raise BenchError(f"slice {start}:{stop} must align with chunks of {proto.chunk_size} within "
-                         f"0:{proto.n_samples}")
+    start, stop = check_slice(proto, start, stop)
     whole = start == 0 and stop == proto.n_samples
     tasks = {t: needs for t, needs in demo_plan(entry_ids, protocol, budget, seed, home=home).items()
              if (t.kind != "evaluate" or start <= t.start < stop) and (t.kind != "check" or (checks and whole))}

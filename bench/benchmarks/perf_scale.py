@@ -53,11 +53,19 @@ def demo_overhead(bench: str, extra: list[str]) -> None:
             subprocess.run([bench, "export", "--format", "csv", "--home", f"{tmp}/{name}", "--out",
                             f"{tmp}/{name}-csv"], check=True, stdout=subprocess.DEVNULL)
             log(f"  demo on the {name}: {wall[name]:.0f} s")
-        same = all((Path(f"{tmp}/pool-csv") / p.name).read_bytes() == p.read_bytes()
-                   for p in Path(f"{tmp}/ray-csv").iterdir())
+        same = _csv_rows(Path(f"{tmp}/pool-csv")) == _csv_rows(Path(f"{tmp}/ray-csv"))
     log(f"demo {' '.join(extra) or '(4 entries)'}: local pool {wall['pool']:.0f} s, local Ray {wall['ray']:.0f} s: "
         f"Ray/pool {wall['ray'] / wall['pool']:.2f}x (target <= 1.10x); per-sample CSV exports "
         f"{'identical' if same else 'DIFFERENT'}")
+
+
+def _csv_rows(folder: Path) -> dict[str, list[str]]:
+    """Each entry's exported rows without the run id (the first column: runs are created in another order)."""
+    out: dict[str, list[str]] = {}
+    for path in folder.glob("*.csv"):
+        entry = path.name.split("--")[0]
+        out[entry] = sorted(line.split(",", 1)[1] for line in path.read_text().splitlines()[1:])
+    return out
 
 
 def store_writes(pg_url: str | None, n_stages: int = 60, rows_per_stage: int = 200) -> None:
@@ -182,6 +190,15 @@ def cascade_against_every_attack(entry_id: str, protocol_name: str, home: str) -
     log(f"  cascade worst case per eps: {fmt(summary.worst_before)}")
     log(f"  every attack on every sample, per eps alone: {fmt(alone)}; nested: {fmt(nested)}")
     same = all(abs(nested[e] - summary.worst_before[e]) < 1e-9 for e in summary.worst_before)
+    # where they differ: an attack whose verdict on a sample depends on the other samples of its batch
+    # (the cascade hands it only the survivors), compared on the samples both runs gave it
+    cascade_rows = [r for r in st.results(report.run_id) if (r.attack, r.eps) in applied_stages and r.attacked]
+    differs: dict[tuple[str, float], int] = {}
+    for r in cascade_rows:
+        if r.success != (r.sample in broken.get((r.attack, r.eps), set())):
+            differs[(r.attack, r.eps)] = differs.get((r.attack, r.eps), 0) + 1
+    log("  verdicts that depend on the batch (cascade vs every sample, same samples): "
+        + (", ".join(f"{a}@{e:g}: {n}" for (a, e), n in sorted(differs.items())) or "none"))
     log(f"cascade on {entry_id} under {protocol.name}: {cascade_s:.0f} s of attack stages ({cascade_wall:.0f} s "
         f"wall with the extras), every attack on every sample {every_s:.0f} s: cascade speed-up "
         f"{every_s / cascade_s:.2f}x; worst case {'identical' if same else 'DIFFERENT'} to the nested library "

@@ -48,6 +48,7 @@ from sqlalchemy import (
     create_engine,
     event,
     func,
+    insert,
     inspect,
     select,
     text,
@@ -111,6 +112,9 @@ class Result(Base):
     rejected: Mapped[bool | None] = mapped_column(Boolean, nullable=True)  # detector verdict at the run's threshold
     l2: Mapped[float | None] = mapped_column(Float, nullable=True)
     l0: Mapped[float | None] = mapped_column(Float, nullable=True)
+
+
+RESULT_COLUMNS = tuple(c.key for c in Result.__table__.columns if c.key != "id")
 
 
 class Stage(Base):
@@ -288,7 +292,9 @@ class Store:
             try:
                 with s.begin():
                     s.add(stage)
-                    s.add_all(list(rows))
+                    values = [{c: getattr(r, c) for c in RESULT_COLUMNS} for r in rows]
+                    if values:  # one multi-row INSERT, no primary keys read back (as add_all would)
+                        s.execute(insert(Result), values)
                     run = s.get(Run, stage.run_id)
                     if run is not None:
                         run.wall_seconds = (run.wall_seconds or 0.0) + wall_seconds
