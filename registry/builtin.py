@@ -90,7 +90,7 @@ STANDARD = Entry(
                             milestones=(75, 90), augment=True,
                             source="ours: the papers train ResNet-18 without stating a CE schedule"),
             # the cifar10 quick protocols' undefended transfer surrogate (about 90% clean accuracy is plenty)
-            "quick": Budget(epochs=5, batch_size=256, lr=0.2, momentum=0.9, weight_decay=5e-4, schedule="onecycle",
+            "quick": Budget(epochs=3, batch_size=256, lr=0.2, momentum=0.9, weight_decay=5e-4, schedule="onecycle",
                             augment=True, source="ours: short GPU schedule (transfer surrogate)"),
         },
     }),
@@ -265,7 +265,7 @@ SURROGATE_PGD = Entry(
         "mnist": {"paper": MADRY_AT.recipe.budget("mnist", "paper"),  # type: ignore[union-attr, dict-item]
                   "quick": _quick_mnist(epochs=0.5, steps=3, step=0.12, lr=4e-3), "tiny": _TINY},
         "cifar10": {"paper": _cifar_at("MART paper (002) section 4.2, as its 'Standard' AT baseline"),
-                    "quick": Budget(epochs=5, batch_size=256, lr=0.2, momentum=0.9, weight_decay=5e-4,
+                    "quick": Budget(epochs=3, batch_size=256, lr=0.2, momentum=0.9, weight_decay=5e-4,
                                     schedule="onecycle", eps=EPS8, attack_steps=2, attack_step_size=4 / 255,
                                     augment=True, source="ours: short GPU schedule (transfer surrogate)")},
     }),
