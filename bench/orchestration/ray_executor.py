@@ -4,7 +4,9 @@
 - **Resources.** Each task asks Ray for ``threads`` CPUs (its torch thread count) and, on a CUDA device,
   one GPU; Ray runs as many side by side as the cluster's resources allow.
 - **Dependencies** are Ray object references: a task receives the references of the tasks it waits for
-  as arguments, so Ray starts it once they are done and hands it their results.
+  as arguments, and Ray hands it their results. The driver submits a task once those are done and a
+  slot is free (the cluster's CPUs over the task's threads, or its GPUs), the ready ones in the plan's
+  order: the local pool's list schedule (longest first), which Ray's own order would not keep.
 - **Retries.** A task whose worker dies (killed, out of memory, node lost) is run again by Ray (up to
   ``MAX_RETRIES`` times). That is safe because every (stage, chunk) is seeded and stored in one
   transaction: a retried evaluation resumes from the stages already stored, and a stage stored twice is
@@ -151,32 +153,49 @@ def _run(ray: Any, deps: dict[Task, set[Task]], ctx: PoolContext, version: str,
                            if p.is_file()] if ws.submissions.is_dir() else [])
     remote = ray.remote(max_retries=MAX_RETRIES, retry_exceptions=False)(_remote_task)
     options = {"num_cpus": ctx.threads, "num_gpus": 1 if ctx.device.startswith("cuda") else 0}
-    refs: dict[Task, Any] = {}
+    listed: set[Task] = set()
     for task, needs in deps.items():
-        if not needs <= refs.keys():
+        if not needs <= listed:
             raise BenchError(f"internal error: {task.label()} is listed before what it waits for")
+        listed.add(task)
+
+    def submit(task: Task) -> Any:
         shipped: list[Artifact] = []
         if task.kind == "train":  # a checkpoint the driver has is reused there, not trained again
             path = checkpoint_path(ws.checkpoints, lookup(ws, task.entry_id), dataset, task.budget, task.seed)
             if path.is_file():
                 shipped.append(Artifact.of(ws.root, path))
         upstream = sorted(_trainings(task, deps), key=Task.label)  # their checkpoints, as results
-        refs[task] = remote.options(**options).remote(
+        return remote.options(**options).remote(
             task, ctx, version, submissions, shipped, *[refs[t] for t in upstream],
-            *[refs[t] for t in sorted(needs - set(upstream), key=Task.label)])
-    pending = {ref: task for task, ref in refs.items()}
+            *[refs[t] for t in sorted(deps[task] - set(upstream), key=Task.label)])
+
+    # List scheduling as the local pool does it: a task is submitted once what it waits for is done and a
+    # slot is free, the ready ones in the plan's order (longest first), so Ray runs the pool's schedule.
+    slots = max(1, int(ray.cluster_resources().get("GPU" if options["num_gpus"] else "CPU", 1)
+                       // max(options["num_gpus"] or ctx.threads, 1)))
+    refs: dict[Task, Any] = {}
+    waiting = dict(deps)
+    running: dict[Any, Task] = {}
     done: dict[Task, int | None] = {}
     try:
-        while pending:
-            ready, _ = ray.wait(list(pending), num_returns=1)
+        while waiting or running:
+            for task in [t for t, needs in waiting.items() if needs <= done.keys()][: slots - len(running)]:
+                del waiting[task]
+                refs[task] = submit(task)
+                running[refs[task]] = task
+            if not running:
+                raise BenchError("internal error: tasks wait for each other: "
+                                 + ", ".join(t.label() for t in waiting))
+            ready, _ = ray.wait(list(running), num_returns=1)
             for ref in ready:
-                task = pending.pop(ref)
+                task = running.pop(ref)
                 result = _result(ray, ref, task)
                 done[task] = result.run_id
                 if on_done is not None:
                     on_done(task, result.message, result.seconds)
     except BaseException:
-        for ref in pending:
+        for ref in running:
             ray.cancel(ref, force=True)
         raise
     return done
