@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.errors import BenchError
+from bench.models.checkpoints import file_sha256
 from bench.orchestration.pool import PoolContext, Task
 from bench.store.workspace import Workspace
 
@@ -79,7 +80,7 @@ def install(root: Path, artifacts: list[Artifact]) -> None:
         if hashlib.sha256(a.data).hexdigest() != a.sha256:
             raise BenchError(f"shipped file {a.relpath} arrived damaged (sha256 mismatch); run the command again")
         if target.is_file():
-            have = hashlib.sha256(target.read_bytes()).hexdigest()
+            have = file_sha256(target)
             if have != a.sha256:
                 raise BenchError(f"{target}: sha256 {have[:12]} differs from the {a.sha256[:12]} the driver "
                                  "shipped (a stale or damaged file on this worker: remove it)")
@@ -143,12 +144,7 @@ def _init(ray: Any, address: str | None) -> None:
 
 def _run(ray: Any, deps: dict[Task, set[Task]], ctx: PoolContext, version: str,
          on_done: Callable[[Task, str, float], None] | None) -> dict[Task, int | None]:
-    from bench.models.checkpoints import checkpoint_path
-    from bench.orchestration.jobs import lookup
-    from bench.protocol.protocols import get_protocol
-
     ws = Workspace.resolve(ctx.home)
-    dataset = get_protocol(ctx.protocol).dataset
     submissions = ray.put([Artifact.of(ws.root, p) for p in sorted(ws.submissions.glob("*"))
                            if p.is_file()] if ws.submissions.is_dir() else [])
     remote = ray.remote(max_retries=MAX_RETRIES, retry_exceptions=False)(_remote_task)
@@ -162,7 +158,7 @@ def _run(ray: Any, deps: dict[Task, set[Task]], ctx: PoolContext, version: str,
     def submit(task: Task) -> Any:
         shipped: list[Artifact] = []
         if task.kind == "train":  # a checkpoint the driver has is reused there, not trained again
-            path = checkpoint_path(ws.checkpoints, lookup(ws, task.entry_id), dataset, task.budget, task.seed)
+            path = _checkpoint_of(ws, task, ctx.protocol)
             if path.is_file():
                 shipped.append(Artifact.of(ws.root, path))
         upstream = sorted(_trainings(task, deps), key=Task.label)  # their checkpoints, as results
@@ -199,6 +195,16 @@ def _run(ray: Any, deps: dict[Task, set[Task]], ctx: PoolContext, version: str,
             ray.cancel(ref, force=True)
         raise
     return done
+
+
+def _checkpoint_of(ws: Workspace, task: Task, protocol: str) -> Path:
+    """The checkpoint file a train task writes or reuses in ``ws`` (the driver's or a worker's)."""
+    from bench.models.checkpoints import checkpoint_path
+    from bench.orchestration.jobs import lookup, trained_entry_id
+    from bench.protocol.protocols import get_protocol
+
+    entry = lookup(ws, trained_entry_id(ws, task.entry_id))
+    return checkpoint_path(ws.checkpoints, entry, get_protocol(protocol).dataset, task.budget, task.seed)
 
 
 def _trainings(task: Task, deps: dict[Task, set[Task]]) -> set[Task]:
@@ -248,13 +254,7 @@ def _remote_task(task: Task, ctx: PoolContext, version: str, submissions: list[A
     message, run_id = _run_task(task, ctx, progress=_kill_once_hook(task))
     artifacts: tuple[Artifact, ...] = ()
     if task.kind == "train":  # its checkpoint, for the tasks on other hosts that need it
-        from bench.models.checkpoints import checkpoint_path
-        from bench.orchestration.jobs import lookup, trained_entry_id
-        from bench.protocol.protocols import get_protocol
-
-        entry = lookup(ws, trained_entry_id(ws, task.entry_id))
-        path = checkpoint_path(ws.checkpoints, entry, get_protocol(ctx.protocol).dataset, task.budget, task.seed)
-        artifacts = (Artifact.of(ws.root, path),)
+        artifacts = (Artifact.of(ws.root, _checkpoint_of(ws, task, ctx.protocol)),)
     return TaskResult(message, run_id, time.perf_counter() - t0, artifacts)
 
 
