@@ -6,6 +6,10 @@
 * The same linear classifier behind a hard clamp of its logit gaps (every loss on the outputs has a
   zero gradient): escalation attacks the logits the clamp hides and reaches the same optimum.
 * The same linear classifier with logits: no unreliable flag, no escalation, the very same rows.
+* The same linear classifier behind a detector whose score is known (the mean of 4 x (1 - x) over the
+  pixels: near 0 on near-binary digits, lifted by any perturbation of a dark or a bright pixel): the
+  protocol's attacks are all rejected, so accuracy rises with eps; escalation's detector-aware PGD
+  reaches a reference attack written here (C&W-wb's objective, the same threshold).
 * A randomized model whose per-draw accuracy is known per sample: judged over draws, whether it
   declares itself randomized or the checks find it so.
 * An escalation killed mid-way resumes to exactly the rows of an uninterrupted one.
@@ -19,6 +23,7 @@ from pathlib import Path
 import pytest
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from bench import api
 from bench.checks.suite import CHECKS
@@ -72,6 +77,12 @@ def linear() -> Linear:
     return fit_linear_mnist()
 
 
+@pytest.fixture(scope="module")
+def surrogate_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One workspace for the runs whose escalation transfers: the tiny transfer surrogates are trained once."""
+    return tmp_path_factory.mktemp("ws")
+
+
 def _optimal_accuracy(model: Linear, eps: float) -> float:
     x, y = load_split("mnist", "test")
     x, y = x[:PROTOCOL.n_samples], y[:PROTOCOL.n_samples]
@@ -96,7 +107,7 @@ def test_every_unreliable_check_has_a_remedy_and_the_policy_is_pinned() -> None:
     assert policy_for(proto)[1] == POLICY_QUICK_V1
 
 
-POLICY_QUICK_V1 = "escalation-v2-quick:8217e77f711070a9"  # changing the policy needs a new version
+POLICY_QUICK_V1 = "escalation-v3-quick:7d0eeff5f0868e24"  # changing the policy needs a new version
 
 
 def test_probability_outputs_escalate_to_the_closed_form_optimum(tmp_path: Path, linear: Linear, one_thread) -> None:
@@ -133,9 +144,10 @@ def test_probability_outputs_escalate_to_the_closed_form_optimum(tmp_path: Path,
     assert info["gauntlet"]["worst_case_by_eps"] == {str(e): w for e, w in report.worst_case.items()}
 
 
-def test_clamped_logits_escalate_to_the_closed_form_optimum(tmp_path: Path, linear: Linear, one_thread) -> None:
+def test_clamped_logits_escalate_to_the_closed_form_optimum(tmp_path: Path, linear: Linear, surrogate_home: Path,
+                                                            one_thread) -> None:
     model = ClampedGaps(linear).eval()
-    report = api.evaluate(model, PROTOCOL, store=Store(tmp_path / "c.db"), name="clamped", home=tmp_path / "ws")
+    report = api.evaluate(model, PROTOCOL, store=Store(tmp_path / "c.db"), name="clamped", home=surrogate_home)
     assert "bad-gradients" in {c.name for c in report.flags}
     esc = report.escalation
     assert esc is not None and "inner-logits" in esc.remedies
@@ -144,6 +156,63 @@ def test_clamped_logits_escalate_to_the_closed_form_optimum(tmp_path: Path, line
         assert optimum - 1e-9 <= report.worst_case[eps] <= optimum + 100.0 / PROTOCOL.n_samples, (eps, optimum)
     assert any(report.worst_case_before_escalation[e] > report.worst_case[e] + 10 for e in EPS)  # the clamp fooled it
     assert esc.broken_by_remedy().get("inner-logits", 0) > 0
+
+
+class FaintPixels(nn.Module):
+    """The linear classifier with a detector: score = mean over pixels of 4 x (1 - x) (rejected above the
+    run's threshold, calibrated by the engine at the protocol's false-positive rate)."""
+
+    def __init__(self, linear: Linear) -> None:
+        super().__init__()
+        self.linear = linear
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear(x)
+
+    def detector_score(self, x: torch.Tensor) -> torch.Tensor:
+        return (4 * x * (1 - x)).flatten(1).mean(1)
+
+
+def _detector_aware_reference(model: FaintPixels, x: torch.Tensor, y: torch.Tensor, eps: float,
+                              threshold: float) -> float:
+    """Accuracy (correct and not rejected) under PGD on min(margin, 0) - lam relu(score - threshold), from
+    the clean input, 200 steps of eps/20, for lam from 0.1 to 1,000; any misclassified input below the
+    threshold found on the way counts."""
+    with torch.no_grad():
+        robust = (model(x).argmax(1) == y) & (model.detector_score(x) <= threshold)
+    for lam in (0.1, 1.0, 10.0, 100.0, 1000.0):
+        xa = x.clone()
+        for _ in range(200):
+            xa.requires_grad_(True)
+            z = model(xa)
+            margin = z.masked_fill(F.one_hot(y, 10).bool(), float("-inf")).amax(1) - z.gather(1, y[:, None])[:, 0]
+            loss = margin.clamp(max=0.0) - lam * F.relu(model.detector_score(xa) - threshold)
+            g = torch.autograd.grad(loss.sum(), xa)[0]
+            with torch.no_grad():
+                xa = torch.min(torch.max(xa + eps / 20 * g.sign(), x - eps), x + eps).clamp(0, 1)
+                robust &= ~((model(xa).argmax(1) != y) & (model.detector_score(xa) <= threshold))
+    return 100.0 * float(robust.sum()) / x.shape[0]
+
+
+def test_a_detector_that_rejects_the_attacks_escalates_to_a_detector_aware_reference(
+        tmp_path: Path, linear: Linear, surrogate_home: Path, one_thread) -> None:
+    model = FaintPixels(linear).eval()
+    store = Store(tmp_path / "d.db")
+    report = api.evaluate(model, PROTOCOL, store=store, name="faint", home=surrogate_home)
+    assert "rises-with-eps" in {c.name for c in report.flags}
+    esc = report.escalation
+    assert esc is not None and esc.remedies[0] == "detector-aware"  # run first
+    threshold = json.loads(store.run(report.run_id).detector_json)["threshold"]
+    x, y = load_split("mnist", "test")
+    x, y = x[:PROTOCOL.n_samples], y[:PROTOCOL.n_samples]
+    for eps in EPS:
+        reference = _detector_aware_reference(model, x, y, eps, threshold)
+        assert report.worst_case[eps] <= reference + 3.0, (eps, report.worst_case, reference)
+    assert any(report.worst_case_before_escalation[e] > report.worst_case[e] + 20 for e in EPS)  # all rejected
+    assert esc.broken_by_remedy()["detector-aware"] > 0
+    # every row it stored is misclassified and below the run's threshold, or neither counts
+    rows = [r for r in store.results(report.run_id) if r.attack == "esc-detector-aware-pgd" and r.attacked]
+    assert rows and all(r.success == (r.pred != r.label and not r.rejected) for r in rows)
 
 
 def test_the_decision_module_is_found_behind_a_saturating_output(linear: Linear) -> None:

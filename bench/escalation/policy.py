@@ -9,6 +9,16 @@ diagnosis, from the literature on evaluating defenses:
   on the *log* of the outputs (a model adapter), plus a margin loss on the probabilities themselves
   (Carlini and Wagner 2017; Carlini et al. 2019, "On Evaluating Adversarial Robustness", section on
   loss functions).
+* **a detector that rejects the protocol's attacks** (a model with a ``detector_score``, judged by the
+  protocol's detector rule, where any check calls for the gradient remedies or for every remedy:
+  detected inputs count as robust, so an attack that ignores the detector is fooled by it, which is
+  how accuracy comes to rise with eps): detector-aware PGD at every eps, the C&W-wb objective
+  (misclassify while the score stays below the run's threshold; Carlini and Wagner 2017, "Adversarial
+  Examples Are Not Easily Detected"; the RCE paper's adaptive attack, Pang et al. 2018). Stronger
+  than v2's adaptive stage, which measured far weaker on a detector whose answer is known
+  (tests/test_escalation.py): penalty weights up to 1,000, steps of eps/20 (a fixed step is too
+  coarse at small eps), started at the clean input (a random start lifts a noise-sensitive
+  detector's score before the first step). It runs first: what it breaks leaves the costlier stages.
 * **zero or non-finite gradients, a failed unbounded attack, black-box wins**: BPDA (PGD with the
   not-converged remedy's steps and restarts, CE and CW) where the model declares an approximation,
   or through the identity in place of every shape-preserving submodule whose input gradient vanishes
@@ -51,8 +61,11 @@ from typing import Any
 from bench.protocol.protocols import RANDOMIZED_RULE, AttackSpec
 
 POLICY: dict[str, Any] = {
-    "name": "escalation-v2",
+    "name": "escalation-v3",
     "steps_factor": 4, "restarts": 5,  # the not-converged remedy, as the checks' own probe
+    # detector-aware PGD (C&W-wb's objective, kappa 0): a penalty weight per pass, from the clean input
+    "detector": {"steps": 100, "rel_step_size": 0.05, "weights": [0.1, 1.0, 10.0, 100.0, 1000.0], "kappa": 0.0,
+                 "random_start": False},
     "distill": {"batch_size": 128, "lr": 1e-3, "seed": 700, "targets": "soft"},
     # a model found randomized (not declared so) was judged on single draws: its cascade and earlier rounds
     # run again over draws (bench.escalation.run), so that every verdict follows RANDOMIZED_RULE
@@ -67,7 +80,7 @@ POLICY: dict[str, Any] = {
 SIZES: dict[str, dict[str, Any]] = {
     "tiny": {"square": {"n_queries": 500}, "random-search": {"n_draws": 200}, "spsa": {"steps": 5, "n_samples": 32},
              "hopskipjump": {"max_queries": 100}, "surrogate_budget": "tiny",
-             "distill": {"train_images": 2000, "epochs": 1}, "steps_factor": 1, "restarts": 2},
+             "distill": {"train_images": 2000, "epochs": 1}, "steps_factor": 1, "restarts": 2, "detector_steps": 40},
     "quick": {"square": {"n_queries": 5000}, "random-search": {"n_draws": 1000}, "spsa": {"steps": 20, "n_samples": 64},
               "hopskipjump": {"max_queries": 300}, "surrogate_budget": "quick",
               "distill": {"train_images": 10_000, "epochs": 3}},
@@ -78,16 +91,19 @@ SIZES: dict[str, dict[str, Any]] = {
 }
 
 GRADIENT_TRIGGERS = ("bad-gradients", "unbounded-attack", "black-box-wins")
-ALL_REMEDIES = ("log-outputs", "bpda", "inner-logits", "transfer", "more-steps", "gradient-free", "eot")
+ALL_REMEDIES = ("detector-aware", "log-outputs", "bpda", "inner-logits", "transfer", "more-steps", "gradient-free",
+                "eot")
 TRIGGERS: dict[str, tuple[str, ...]] = {
     "probability-outputs": ("log-outputs",),
-    **{name: ("bpda", "inner-logits", "transfer", "more-steps", "gradient-free") for name in GRADIENT_TRIGGERS},
+    **{name: ("detector-aware", "bpda", "inner-logits", "transfer", "more-steps", "gradient-free")
+       for name in GRADIENT_TRIGGERS},
     "randomized-forward": ("eot",),
     "not-converged": ("more-steps",),
     **{name: ALL_REMEDIES for name in ("single-step-wins", "rises-with-eps", "rises-with-steps")},
 }
 # When a remedy applies to a model at all (a remedy that does not apply is recorded as skipped).
 CONDITIONS = {
+    "detector-aware": "a detector (a detector_score, judged by the protocol's detector rule)",
     "log-outputs": "probability outputs (the probability-outputs check failed)",
     "bpda": "a module that declares a BPDA approximation (bpda_approx), or a shape-preserving module whose "
             "input gradient vanishes (given the identity)",
@@ -138,6 +154,7 @@ def remedy_stages(protocol: dict) -> list[Stage]:
     transfer_inner.pop("restarts", None)
     sizes = SIZES[size_of(protocol)]
     eot_samples = int(protocol.get("eot_samples", 20))
+    detector = {**POLICY["detector"], "steps": size.get("detector_steps", POLICY["detector"]["steps"])}
     listing: list[tuple[str, str, str, dict[str, Any], str | None]] = [
         ("log-outputs", "esc-log-pgd-ce", "pgd", {**more, "loss": "ce"}, "log"),
         ("log-outputs", "esc-log-pgd-cw", "pgd", {**more, "loss": "cw"}, "log"),
@@ -165,6 +182,8 @@ def remedy_stages(protocol: dict) -> list[Stage]:
         # added in escalation-v2: listed last, so that every earlier stage keeps its seed
         ("inner-logits", "esc-inner-pgd-ce", "pgd", {**more, "loss": "ce"}, "inner"),
         ("inner-logits", "esc-inner-pgd-cw", "pgd", {**more, "loss": "cw"}, "inner"),
+        # added in escalation-v3 (listed last, run first)
+        ("detector-aware", "esc-detector-aware-pgd", "detector-aware-pgd", detector, None),
     ]
     stages = [Stage(remedy, AttackSpec(label, kind, params, seed=POLICY["seed"] + i), adapter)
               for i, (remedy, label, kind, params, adapter) in enumerate(listing)]

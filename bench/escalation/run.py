@@ -130,7 +130,8 @@ def escalate(store: Store, run_id: int, model: nn.Module, *, surrogates: Surroga
             # what applies is decided per round, from every check failed so far (a randomized forward found
             # only by a later round's checks still gets EOT, and its verdicts over draws from then on)
             randomized = declared_random or "randomized-forward" in seen
-            applies = {"log-outputs": "probability-outputs" in seen, "bpda": can_bpda,
+            applies = {"detector-aware": detector is not None, "log-outputs": "probability-outputs" in seen,
+                       "bpda": can_bpda,
                        "inner-logits": inner is not None, "eot": randomized}
             rnd = _plan_round(record, number, pending, proto, applies, randomized,
                               rejudge=randomized and not declared_random and bool(POLICY["rejudge_found_randomized"]))
