@@ -316,7 +316,7 @@ def import_record(store: Store, record: dict[str, Any], source: str = "record") 
         run = Run(**{c: tables["run"][c] for c in RUN_COLUMNS})
         if store.find_run(run.entry_id, run.fingerprint, run.checkpoint_sha256) is not None:
             raise BenchError(f"{source}: the store already holds the run of {run.entry_id} under {run.protocol}")
-        results: list[Result] = []
+        results: list[dict[str, Any]] = []  # column values: one multi-row INSERT, no ORM objects
         for key, cell in tables["results"].items():
             attack, eps = parse_key(key)
             samples = _unranges(cell["samples"])
@@ -327,11 +327,11 @@ def import_record(store: Store, record: dict[str, Any], source: str = "record") 
             rejected = _unnullable_flags(cell.get("rejected"), n)
             if len(preds) != n:
                 raise ValueError(f"cell {key}: {len(preds)} predictions for {n} samples")
-            results += [Result(fingerprint=run.fingerprint, attack=attack, eps=eps, sample=s, label=labels[s],
-                               attacked=flags["attacked"][i], success=flags["success"][i],
-                               robust_after=flags["robust_after"][i], pred=preds[i], linf=floats["linf"][i],
-                               l2=floats["l2"][i], l0=floats["l0"][i], score=floats["score"][i], detail=details[i],
-                               rejected=rejected[i]) for i, s in enumerate(samples)]
+            results += [{"fingerprint": run.fingerprint, "attack": attack, "eps": eps, "sample": s,
+                         "label": labels[s], "attacked": flags["attacked"][i], "success": flags["success"][i],
+                         "robust_after": flags["robust_after"][i], "pred": preds[i], "linf": floats["linf"][i],
+                         "l2": floats["l2"][i], "l0": floats["l0"][i], "score": floats["score"][i],
+                         "detail": details[i], "rejected": rejected[i]} for i, s in enumerate(samples)]
         columns = tables["stages"]["columns"]
         stages = [Stage(fingerprint=run.fingerprint, **dict(zip(columns, row, strict=True)))
                   for row in tables["stages"]["rows"]]
@@ -340,11 +340,4 @@ def import_record(store: Store, record: dict[str, Any], source: str = "record") 
         raise
     except (KeyError, TypeError, ValueError, IndexError) as exc:
         raise BenchError(f"{source} is damaged: {type(exc).__name__}: {exc}".splitlines()[0]) from None
-    with store.session() as s, s.begin():
-        s.add(run)
-        s.flush()
-        for table in (results, stages, checks):
-            for obj in table:
-                obj.run_id = run.id
-        s.add_all([*results, *stages, *checks])
-    return run.id
+    return store.add_run(run, results, [*stages, *checks])

@@ -303,6 +303,20 @@ class Store:
                 return False
         return True
 
+    def add_run(self, run: Run, rows: list[dict[str, Any]], children: Iterable[Stage | Check]) -> int:
+        """Insert a whole run in one transaction: the run, its result rows (column values, one multi-row
+        INSERT, as :meth:`write_stage`) and its stages and checks; returns the run's id."""
+        with self.session() as s, s.begin():
+            s.add(run)
+            s.flush()
+            items = list(children)
+            for obj in items:
+                obj.run_id = run.id
+            s.add_all(items)
+            if rows:
+                s.execute(insert(Result), [{**row, "run_id": run.id} for row in rows])
+            return run.id
+
     def set_detector_calibration(self, run_id: int, detector_json: str) -> str:
         """Store a run's detector calibration unless one is stored; returns the stored one.
 
