@@ -131,8 +131,7 @@ def escalate(store: Store, run_id: int, model: nn.Module, *, surrogates: Surroga
             # only by a later round's checks still gets EOT, and its verdicts over draws from then on)
             randomized = declared_random or "randomized-forward" in seen
             applies = {"detector-aware": detector is not None, "log-outputs": "probability-outputs" in seen,
-                       "bpda": can_bpda,
-                       "inner-logits": inner is not None, "eot": randomized}
+                       "bpda": can_bpda, "inner-logits": inner is not None, "eot": randomized}
             rnd = _plan_round(record, number, pending, proto, applies, randomized,
                               rejudge=randomized and not declared_random and bool(POLICY["rejudge_found_randomized"]))
             if rnd is None:
