@@ -89,10 +89,19 @@ def test_the_site_builds_from_records_alone(recorded: tuple[Path, Path], tmp_pat
         assert body(page.read_text()) == body((tmp_path / "site" / page.relative_to(tmp_path / "db-site")).read_text())
 
 
+def _duplicate_cell(text: str) -> str:
+    """The clean cell again under another spelling of its key (two rows per sample: the store refuses them)."""
+    record = json.loads(text)
+    cells = record["tables"]["results"]
+    cells["clean@0"] = cells["clean@0.0"]
+    return json.dumps(record)
+
+
 @pytest.mark.parametrize("damage, message", [
     (lambda text: text[: len(text) // 2], "cannot read record"),
     (lambda text: json.dumps({"format": "other"}), "is not a Gauntlet record"),
     (lambda text: text.replace('"labels"', '"labelz"'), "is damaged"),
+    (_duplicate_cell, "is damaged"),
 ])
 def test_a_damaged_record_is_a_one_line_error(recorded: tuple[Path, Path], tmp_path: Path, damage, message) -> None:
     results, home = recorded

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from sqlalchemy.exc import IntegrityError
 
 from bench.errors import BenchError
 from bench.store.database import Check, Result, Run, Stage, Store
@@ -340,4 +341,7 @@ def import_record(store: Store, record: dict[str, Any], source: str = "record") 
         raise
     except (KeyError, TypeError, ValueError, IndexError) as exc:
         raise BenchError(f"{source} is damaged: {type(exc).__name__}: {exc}".splitlines()[0]) from None
-    return store.add_run(run, results, [*stages, *checks])
+    try:
+        return store.add_run(run, results, [*stages, *checks])
+    except IntegrityError as exc:  # rows the store's constraints refuse (a cell twice, say): nothing is stored
+        raise BenchError(f"{source} is damaged: {str(exc.orig).splitlines()[0]}") from None

@@ -117,6 +117,14 @@ class Result(Base):
 RESULT_COLUMNS = tuple(c.key for c in Result.__table__.columns if c.key != "id")
 
 
+def _insert_rows(session: Session, values: list[dict[str, Any]]) -> None:
+    """Result rows as column values in one executemany, no primary keys read back (as add_all would).
+    ``render_nulls`` keeps None values in the statement: otherwise the ORM groups rows by which keys
+    are None and issues a statement per group."""
+    if values:
+        session.execute(insert(Result), values, execution_options={"render_nulls": True})
+
+
 class Stage(Base):
     __tablename__ = "stages"
     __table_args__ = (UniqueConstraint("run_id", "attack", "eps", "chunk_start", name="uq_stage"),)
@@ -292,9 +300,7 @@ class Store:
             try:
                 with s.begin():
                     s.add(stage)
-                    values = [{c: getattr(r, c) for c in RESULT_COLUMNS} for r in rows]
-                    if values:  # one multi-row INSERT, no primary keys read back (as add_all would)
-                        s.execute(insert(Result), values)
+                    _insert_rows(s, [{c: getattr(r, c) for c in RESULT_COLUMNS} for r in rows])
                     run = s.get(Run, stage.run_id)
                     if run is not None:
                         run.wall_seconds = (run.wall_seconds or 0.0) + wall_seconds
@@ -313,8 +319,7 @@ class Store:
             for obj in items:
                 obj.run_id = run.id
             s.add_all(items)
-            if rows:
-                s.execute(insert(Result), [{**row, "run_id": run.id} for row in rows])
+            _insert_rows(s, [{**row, "run_id": run.id} for row in rows])
             return run.id
 
     def set_detector_calibration(self, run_id: int, detector_json: str) -> str:
