@@ -154,7 +154,6 @@ def remedy_stages(protocol: dict) -> list[Stage]:
             "restarts": size.get("restarts", POLICY["restarts"])}
     transfer_inner = {"loss": "ce", **pgd, "random_start": True, "early_stop": False}
     transfer_inner.pop("restarts", None)
-    sizes = SIZES[size_of(protocol)]
     eot_samples = int(protocol.get("eot_samples", 20))
     detector = {**POLICY["detector"], "steps": size.get("detector_steps", POLICY["detector"]["steps"])}
     listing: list[tuple[str, str, str, dict[str, Any], str | None]] = [
@@ -164,21 +163,21 @@ def remedy_stages(protocol: dict) -> list[Stage]:
         ("bpda", "esc-bpda-pgd-ce", "bpda", {"inner_kind": "pgd", "inner_params": {**more, "loss": "ce"}}, None),
         ("bpda", "esc-bpda-pgd-cw", "bpda", {"inner_kind": "pgd", "inner_params": {**more, "loss": "cw"}}, None),
         ("transfer", "esc-transfer-standard", "transfer",
-         {"surrogate": "standard", "surrogate_budget": sizes["surrogate_budget"], "inner_kind": "pgd",
+         {"surrogate": "standard", "surrogate_budget": size["surrogate_budget"], "inner_kind": "pgd",
           "inner_params": transfer_inner},
          None),
         ("transfer", "esc-transfer-pgd", "transfer",
-         {"surrogate": "surrogate-pgd", "surrogate_budget": sizes["surrogate_budget"], "inner_kind": "pgd",
+         {"surrogate": "surrogate-pgd", "surrogate_budget": size["surrogate_budget"], "inner_kind": "pgd",
           "inner_params": transfer_inner}, None),
         ("transfer", "esc-transfer-distilled", "transfer",
          {"surrogate": "distilled", "surrogate_budget": "escalation", "inner_kind": "pgd",
           "inner_params": transfer_inner}, None),
         ("more-steps", "esc-pgd-ce-more", "pgd", {**more, "loss": "ce"}, None),
         ("more-steps", "esc-pgd-cw-more", "pgd", {**more, "loss": "cw"}, None),
-        ("gradient-free", "esc-square", "square", {**sizes["square"], "p_init": 0.8}, None),
-        ("gradient-free", "esc-random-search", "random-search", dict(sizes["random-search"]), None),
-        ("gradient-free", "esc-spsa", "spsa", dict(sizes["spsa"]), None),
-        ("gradient-free", "esc-hopskipjump", "hopskipjump", dict(sizes["hopskipjump"]), None),
+        ("gradient-free", "esc-square", "square", {**size["square"], "p_init": 0.8}, None),
+        ("gradient-free", "esc-random-search", "random-search", dict(size["random-search"]), None),
+        ("gradient-free", "esc-spsa", "spsa", dict(size["spsa"]), None),
+        ("gradient-free", "esc-hopskipjump", "hopskipjump", dict(size["hopskipjump"]), None),
         ("eot", "esc-eot-pgd", "eot", {"samples": eot_samples, "inner_kind": "pgd",
                                        "inner_params": {**pgd, "loss": "ce"}}, None),
         # added in escalation-v2: listed last, so that every earlier stage keeps its seed

@@ -317,7 +317,7 @@ def import_record(store: Store, record: dict[str, Any], source: str = "record") 
         run = Run(**{c: tables["run"][c] for c in RUN_COLUMNS})
         if store.find_run(run.entry_id, run.fingerprint, run.checkpoint_sha256) is not None:
             raise BenchError(f"{source}: the store already holds the run of {run.entry_id} under {run.protocol}")
-        results: list[dict[str, Any]] = []  # column values: one multi-row INSERT, no ORM objects
+        results: list[dict[str, Any]] = []  # column values for one executemany (Store.add_run), no ORM objects
         for key, cell in tables["results"].items():
             attack, eps = parse_key(key)
             samples = _unranges(cell["samples"])

@@ -310,8 +310,8 @@ class Store:
         return True
 
     def add_run(self, run: Run, rows: list[dict[str, Any]], children: Iterable[Stage | Check]) -> int:
-        """Insert a whole run in one transaction: the run, its result rows (column values, one multi-row
-        INSERT, as :meth:`write_stage`) and its stages and checks; returns the run's id."""
+        """Insert a whole run in one transaction: the run, its result rows (column values in one
+        executemany, as :meth:`write_stage`) and its stages and checks; returns the run's id."""
         with self.session() as s, s.begin():
             s.add(run)
             s.flush()
