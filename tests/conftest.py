@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 
@@ -55,7 +56,16 @@ def linear_mnist() -> Linear:
 
 
 def fit_linear_mnist() -> Linear:
-    """The ``linear_mnist`` model (deterministic: same weights on every call), for module-scoped fixtures."""
+    """The ``linear_mnist`` model (deterministic: same weights on every call), for module-scoped fixtures.
+
+    Fitted once per process (about half a second, which dozens of tests would pay each); every call gets
+    its own copy of the weights."""
+    w, b = _linear_mnist_weights()
+    return Linear(w, b).eval()
+
+
+@functools.lru_cache(maxsize=1)
+def _linear_mnist_weights() -> tuple[torch.Tensor, torch.Tensor]:
     from bench.protocol.data import load_split
 
     x, y = load_split("mnist", "train")
@@ -71,7 +81,7 @@ def fit_linear_mnist() -> Linear:
         opt.zero_grad()
         loss.backward()
         opt.step()
-    return Linear(w.detach(), b.detach()).eval()
+    return w.detach(), b.detach()
 
 
 def small_protocol(n: int = 60, chunk: int = 20, eps: tuple[float, ...] = (0.0, 0.05, 0.1, 0.2),
@@ -140,9 +150,14 @@ def workspace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 @pytest.fixture(scope="session")
 def postgres():
-    """One throwaway PostgreSQL server for the session (see tests/postgres.py)."""
-    from tests.postgres import PostgresServer
+    """One throwaway PostgreSQL server for the session (bench/store/throwaway_pg.py); without the server
+    binaries the test is skipped, or failed where ``GAUNTLET_REQUIRE_POSTGRES=1`` (CI)."""
+    from bench.store.throwaway_pg import MISSING, PostgresServer, find_binaries
 
+    if find_binaries() is None:
+        if os.environ.get("GAUNTLET_REQUIRE_POSTGRES") == "1":
+            pytest.fail(MISSING)
+        pytest.skip(MISSING)
     server = PostgresServer()
     yield server
     server.stop()

@@ -1,4 +1,4 @@
-"""The CLI on a real PostgreSQL server (tests/postgres.py): every command that touches the store takes
+"""The CLI on a real PostgreSQL server (bench/store/throwaway_pg.py): every command that touches the store takes
 ``--db postgresql+psycopg://...`` and gives the rows SQLite gives, exports included."""
 
 from __future__ import annotations

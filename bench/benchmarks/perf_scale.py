@@ -115,9 +115,8 @@ def _stage(run_id: int, i: int, n: int) -> tuple[Stage, list[Result]]:
 
 
 def _throwaway_server() -> Any:
-    """A temporary PostgreSQL server (tests/postgres.py), or None without the server binaries."""
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-    from tests.postgres import PostgresServer, find_binaries
+    """A temporary PostgreSQL server (:mod:`bench.store.throwaway_pg`), or None without the server binaries."""
+    from bench.store.throwaway_pg import PostgresServer, find_binaries
 
     return PostgresServer() if find_binaries() is not None else None
 

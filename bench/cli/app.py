@@ -13,7 +13,7 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from bench import api
@@ -84,6 +84,15 @@ def _progress() -> Progress:
     return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                     console=err, transient=False,
                     disable=not err.is_terminal and not os.environ.get("GAUNTLET_PROGRESS"))
+
+
+def _stage_progress(prog: Progress, task: TaskID, prefix: str) -> Callable[[str, float, int, int], None]:
+    """The progress callback of an evaluation: the bar follows the samples done in the current stage."""
+
+    def progress(label: str, eps: float, done: int, total: int) -> None:
+        prog.update(task, completed=done, total=total, description=f"{prefix}: {label}@{eps:.4g}")
+
+    return progress
 
 
 def _check_device(device: str) -> str:
@@ -189,8 +198,7 @@ def evaluate(
     with _progress() as prog:
         task = prog.add_task(f"evaluate {entry} on {protocol}", total=None)
 
-        def progress(label: str, eps: float, done: int, total: int) -> None:
-            prog.update(task, completed=done, total=total, description=f"evaluate {entry}: {label}@{eps:.4g}")
+        progress = _stage_progress(prog, task, f"evaluate {entry}")
 
         def check_progress(label: str) -> None:
             prog.update(task, description=f"checks: {label}")
@@ -259,12 +267,9 @@ def record(
     torch.set_num_threads(threads)
     with _progress() as prog:
         task = prog.add_task(f"record {entry} on {protocol}", total=None)
-
-        def progress(label: str, eps: float, done: int, total: int) -> None:
-            prog.update(task, completed=done, total=total, description=f"record {entry}: {label}@{eps:.4g}")
-
         path = api.record(entry, protocol, budget=budget, seed=seed, out=out_dir, store=db, home=home,
-                          data_dir=data_dir, progress=progress, on_train=lambda msg: prog.console.print(msg))
+                          data_dir=data_dir, progress=_stage_progress(prog, task, f"record {entry}"),
+                          on_train=lambda msg: prog.console.print(msg))
     out.print(f"record: {path} ({path.stat().st_size / 1024:.0f} KiB)", highlight=False, soft_wrap=True)
 
 

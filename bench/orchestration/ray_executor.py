@@ -168,15 +168,18 @@ def _run(ray: Any, deps: dict[Task, set[Task]], ctx: PoolContext, version: str,
 
     # List scheduling as the local pool does it: a task is submitted once what it waits for is done and a
     # slot is free, the ready ones in the plan's order (longest first), so Ray runs the pool's schedule.
-    slots = max(1, int(ray.cluster_resources().get("GPU" if options["num_gpus"] else "CPU", 1)
-                       // max(options["num_gpus"] or ctx.threads, 1)))
+    # The slots are counted again before each submission: a node that joins the cluster mid-run gets work.
+    def slots() -> int:
+        return max(1, int(ray.cluster_resources().get("GPU" if options["num_gpus"] else "CPU", 1)
+                          // max(options["num_gpus"] or ctx.threads, 1)))
+
     refs: dict[Task, Any] = {}
     waiting = dict(deps)
     running: dict[Any, Task] = {}
     done: dict[Task, int | None] = {}
     try:
         while waiting or running:
-            for task in [t for t, needs in waiting.items() if needs <= done.keys()][: slots - len(running)]:
+            for task in [t for t, needs in waiting.items() if needs <= done.keys()][: max(0, slots() - len(running))]:
                 del waiting[task]
                 refs[task] = submit(task)
                 running[refs[task]] = task

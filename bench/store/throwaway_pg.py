@@ -1,10 +1,12 @@
-"""A throwaway PostgreSQL server for the tests: ``initdb`` and ``pg_ctl`` on a temporary directory,
-listening on a Unix socket only (no TCP port to collide with), stopped at the end of the session.
+"""A throwaway PostgreSQL server for the tests and the scale benchmark (:mod:`bench.benchmarks.perf_scale`):
+``initdb`` and ``pg_ctl`` on a temporary directory, listening on a Unix socket only (no TCP port to collide
+with), stopped by :meth:`PostgresServer.stop`.
 
 Debian's ``postgresql`` package provides the binaries (under ``/usr/lib/postgresql/<version>/bin``, not
 on the PATH); ``.ci/run`` installs it when it is missing. PostgreSQL refuses to run as root, so as root
 the server runs as the package's ``postgres`` user. Without the binaries the PostgreSQL tests are
-skipped with the reason, unless ``GAUNTLET_REQUIRE_POSTGRES=1`` (set by CI), which fails them instead.
+skipped with the reason (tests/conftest.py), unless ``GAUNTLET_REQUIRE_POSTGRES=1`` (set by CI), which fails
+them instead; the benchmark skips its PostgreSQL figures.
 """
 
 from __future__ import annotations
@@ -18,9 +20,9 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-import pytest
+from bench.errors import BenchError
 
-REQUIRE = "GAUNTLET_REQUIRE_POSTGRES"
+MISSING = "PostgreSQL server binaries (initdb, pg_ctl) not found: apt-get install postgresql"
 
 
 def find_binaries() -> Path | None:
@@ -38,10 +40,7 @@ class PostgresServer:
     def __init__(self) -> None:
         binaries = find_binaries()
         if binaries is None:
-            message = "PostgreSQL server binaries (initdb, pg_ctl) not found: apt-get install postgresql"
-            if os.environ.get(REQUIRE) == "1":
-                pytest.fail(message)
-            pytest.skip(message)
+            raise BenchError(MISSING)
         self.bin = binaries
         self.root = Path(tempfile.mkdtemp(prefix="gauntlet-pg-"))
         self.user = "postgres" if os.geteuid() == 0 else pwd.getpwuid(os.geteuid()).pw_name
