@@ -113,3 +113,18 @@ def test_a_damaged_record_is_a_one_line_error(recorded: tuple[Path, Path], tmp_p
                                       "--home", str(home)])
     assert result.exit_code == 1 and message in result.output and "Traceback" not in result.output
     assert len(result.output.strip().splitlines()) == 1
+
+
+def test_the_repositorys_records_are_traceable() -> None:
+    """Each result of record under results/ names a committed code version (never a dirty tree), one torch
+    thread (what the regression suite reproduces exactly), and lives where `bench record` writes it."""
+    root = Path(__file__).resolve().parents[1] / "results"
+    paths = sorted(root.rglob("*.json"))
+    assert paths
+    for path in paths:
+        prov = read_record(path)["provenance"]
+        assert not prov["code_version"].endswith(".dirty"), f"{path.name}: made from an uncommitted tree"
+        assert "+g" in prov["code_version"], f"{path.name}: no commit in {prov['code_version']}"
+        assert prov["threads"] == 1 and prov["fingerprint"] and prov["checkpoint_sha256"], path.name
+        seed = "" if prov["seed"] is None else f".seed{prov['seed']}"
+        assert path == root / prov["protocol"] / f"{prov['entry']}.{prov['budget']}{seed}.json"
