@@ -79,7 +79,9 @@ def linear() -> Linear:
 
 @pytest.fixture(scope="module")
 def surrogate_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One workspace for the runs whose escalation transfers: the tiny transfer surrogates are trained once."""
+    """One workspace for the runs whose escalation transfers: the tiny transfer surrogates are trained once
+    (their checkpoints and the content-keyed transfer/distillation caches are deterministic, so sharing
+    them changes no row)."""
     return tmp_path_factory.mktemp("ws")
 
 
@@ -119,9 +121,10 @@ STAGE_LISTING = (  # remedy_stages' listing order (seeds 600, 601, ...); stages 
 POLICY_QUICK_V1 = "escalation-v3-quick:7d0eeff5f0868e24"  # changing the policy needs a new version
 
 
-def test_probability_outputs_escalate_to_the_closed_form_optimum(tmp_path: Path, linear: Linear, one_thread) -> None:
+def test_probability_outputs_escalate_to_the_closed_form_optimum(tmp_path: Path, linear: Linear, surrogate_home: Path,
+                                                                one_thread) -> None:
     model = SaturatedSoftmax(linear).eval()
-    report = api.evaluate(model, PROTOCOL, store=Store(tmp_path / "p.db"), name="softmax", home=tmp_path / "ws")
+    report = api.evaluate(model, PROTOCOL, store=Store(tmp_path / "p.db"), name="softmax", home=surrogate_home)
     assert report.unreliable and "probability-outputs" in {c.name for c in report.flags}
     esc = report.escalation
     assert esc is not None and "log-outputs" in esc.remedies
@@ -139,7 +142,7 @@ def test_probability_outputs_escalate_to_the_closed_form_optimum(tmp_path: Path,
     assert rows and all(r.linf is None or r.linf <= r.eps + 1e-5 for r in rows)
     assert {s.seed for s in store.stages(report.run_id) if s.attack.startswith("esc-")} >= {600, 601}
     # checked again, the stored diagnosis reads the cascade alone: the same checks, the escalation reused
-    again = api.check(model, PROTOCOL, store=store, name="softmax", home=tmp_path / "ws")
+    again = api.check(model, PROTOCOL, store=store, name="softmax", home=surrogate_home)
     assert [(c.name, c.status, c.value) for c in again.checks] == [(c.name, c.status, c.value) for c in report.checks]
     assert again.worst_case == report.worst_case
     # the site shows what ran and what it broke, and the escalated worst case
@@ -284,14 +287,14 @@ def test_a_declared_randomized_model_is_judged_over_draws(tmp_path: Path, linear
 
 
 def test_a_randomized_model_found_by_the_checks_is_judged_again_over_draws(tmp_path: Path, linear: Linear,
-                                                                           one_thread) -> None:
+                                                                           surrogate_home: Path, one_thread) -> None:
     x, y = load_split("mnist", "test")
     x, y = x[:PROTOCOL.n_samples], y[:PROTOCOL.n_samples]
     threshold = float(x.flatten(1).mean(1).median())
     found = api.evaluate(Coin(linear, threshold).eval(), PROTOCOL, store=Store(tmp_path / "f.db"), name="coin",
-                         home=tmp_path / "ws")
+                         home=surrogate_home)
     declared = api.evaluate(Coin(linear, threshold).eval(), PROTOCOL, store=Store(tmp_path / "d.db"), name="coin",
-                            randomized=True, home=tmp_path / "ws")
+                            randomized=True, home=surrogate_home)
     assert "randomized-forward" in {c.name for c in found.flags} and found.escalation is not None
     with torch.no_grad():
         expected = 100.0 * float(((linear(x).argmax(1) == y) & (x.flatten(1).mean(1) > threshold)).sum()) / len(y)
@@ -317,9 +320,10 @@ def test_draws_rule_is_seeded_and_leaves_the_callers_random_state(linear: Linear
     assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
 
 
-def test_a_killed_escalation_resumes_to_the_same_rows(tmp_path: Path, linear: Linear, one_thread) -> None:
+def test_a_killed_escalation_resumes_to_the_same_rows(tmp_path: Path, linear: Linear, surrogate_home: Path,
+                                                      one_thread) -> None:
     model = SaturatedSoftmax(linear).eval()
-    ref = api.evaluate(model, PROTOCOL, store=Store(tmp_path / "ref.db"), name="softmax", home=tmp_path / "ws")
+    ref = api.evaluate(model, PROTOCOL, store=Store(tmp_path / "ref.db"), name="softmax", home=surrogate_home)
     calls = []
 
     def kill_after_three(label: str, eps: float, done: int, total: int) -> None:
@@ -329,13 +333,13 @@ def test_a_killed_escalation_resumes_to_the_same_rows(tmp_path: Path, linear: Li
                 raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        api.evaluate(model, PROTOCOL, store=Store(tmp_path / "k.db"), name="softmax", home=tmp_path / "ws",
+        api.evaluate(model, PROTOCOL, store=Store(tmp_path / "k.db"), name="softmax", home=surrogate_home,
                      progress=kill_after_three)
     partial = Store(tmp_path / "k.db")
     assert json.loads(partial.run(1).escalation_json)["stages"]  # the plan was stored before its stages
     half = api.report(1, store=partial)
     assert half.worst_case == half.worst_case_before_escalation  # never half an escalation in the numbers
-    again = api.evaluate(model, PROTOCOL, store=Store(tmp_path / "k.db"), name="softmax", home=tmp_path / "ws")
+    again = api.evaluate(model, PROTOCOL, store=Store(tmp_path / "k.db"), name="softmax", home=surrogate_home)
 
     def rows(db: Path) -> list[tuple]:
         return [(r.attack, r.eps, r.sample, r.attacked, r.robust_after, r.pred) for r in Store(db).results(1)]
