@@ -24,7 +24,10 @@ from __future__ import annotations
 import copy
 import functools
 import hashlib
+import importlib.metadata
+import json
 import os
+import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -367,7 +370,7 @@ def record(entry_id: str, protocol: str | Protocol = "mnist-linf-quick-v1", *, b
     The record states torch's thread count: records made with one thread (``torch.set_num_threads(1)``)
     are the ones the regression suite reproduces exactly.
     """
-    from bench.models.checkpoints import state_sha256
+    from bench.models.checkpoints import resolve_model, state_sha256
     from bench.report.export import model_info
 
     proto = _protocol(protocol)
@@ -382,9 +385,35 @@ def record(entry_id: str, protocol: str | Protocol = "mnist-linf-quick-v1", *, b
     summary = summarize(st, st.run(rep.run_id))
     info = model_info(summary, entries(home=home).get(entry_id))
     info.get("gauntlet", {}).pop("run_id", None)  # the local database's id: not part of the result
-    _, target = jobs.target_for(ws, jobs.lookup(ws, entry_id), proto, budget, seed)
-    built = build_record(st, rep.run_id, info, torch.get_num_threads(), state_sha256(target.model.state_dict()))
-    return write_record(built, Path(out), st.run(rep.run_id))
+    model, _, meta = resolve_model(jobs.lookup(ws, entry_id), proto.dataset, budget, seed, ws.checkpoints, None,
+                                   lambda i: jobs.lookup(ws, i))
+    run = st.run(rep.run_id)
+    _same_conditions(entry_id, run, meta, torch.get_num_threads(), torch.__version__)  # as checkpoints state it
+    built = build_record(st, rep.run_id, info, torch.get_num_threads(), state_sha256(model.state_dict()))
+    return write_record(built, Path(out), run)
+
+
+def _same_conditions(entry_id: str, run: Any, meta: dict[str, str], threads: int, torch_version: str) -> None:
+    """A record states the torch version and thread count its numbers came from (the regression suite
+    retrains and re-evaluates under them): a reused checkpoint or stored run made under others is a
+    one-line error, not a record that cannot be reproduced."""
+    trained = meta.get("torch_threads")
+    if trained is not None and trained != str(threads):
+        raise BenchError(f"{entry_id}'s checkpoint was trained with {trained} torch thread(s), this record would "
+                         f"state {threads}: record with --threads {trained}, or retrain in a fresh workspace (--home)")
+    if meta.get("torch") not in (None, torch_version):
+        raise BenchError(f"{entry_id}'s checkpoint was trained under torch {meta['torch']}, this is {torch_version}: "
+                         "retrain in a fresh workspace (--home)")
+    used = re.search(r"(\d+) threads", run.device or "")
+    if (run.device or "").startswith("cpu") and used and int(used.group(1)) != threads:
+        raise BenchError(f"run {run.id} of {entry_id} was evaluated with {used.group(1)} torch thread(s), this "
+                         f"record would state {threads}: record with --threads {used.group(1)}, or into a fresh "
+                         "database (--db) to evaluate again")
+    evaluated = json.loads(run.packages or "{}").get("torch")  # the distribution's version, as runs state it
+    installed = importlib.metadata.version("torch")
+    if evaluated not in (None, installed):
+        raise BenchError(f"run {run.id} of {entry_id} was evaluated under torch {evaluated}, this is {installed}: "
+                         "record into a fresh database (--db) to evaluate again")
 
 
 @_one_error_type

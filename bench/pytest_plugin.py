@@ -19,19 +19,16 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
-import torch
-from torch import nn
 
-from bench import api
-from bench.orchestration.jobs import needs_training
-from bench.protocol.protocols import Protocol, get_protocol
-from bench.report.run_report import RunReport
-from bench.store.database import Store
-from bench.store.workspace import Workspace
-from bench.testing import assert_matches_record
+if TYPE_CHECKING:  # torch and Gauntlet load with the fixture, not with every pytest run of the environment
+    from torch import nn
+
+    from bench.protocol.protocols import Protocol
+    from bench.report.run_report import RunReport
+    from bench.store.database import Store
 
 
 class Gauntlet:
@@ -43,6 +40,13 @@ class Gauntlet:
     def evaluate(self, model_or_entry: nn.Module | str, protocol: str | Protocol = "mnist-linf-quick-v1", *,
                  budget: str = "quick", seed: int = 0, **kwargs: Any) -> RunReport:
         """Train an entry if its checkpoint is missing, then :func:`bench.api.evaluate` it (or a bare model)."""
+        import torch
+
+        from bench import api
+        from bench.orchestration.jobs import needs_training
+        from bench.protocol.protocols import Protocol, get_protocol
+        from bench.store.workspace import Workspace
+
         before = torch.get_num_threads()
         torch.set_num_threads(self.threads)
         try:
@@ -59,6 +63,8 @@ class Gauntlet:
     def assert_matches_record(self, report: RunReport, record: str | Path | dict[str, Any], tolerance: int = 0
                               ) -> None:
         """:func:`bench.testing.assert_matches_record` on a run of this fixture's store."""
+        from bench.testing import assert_matches_record
+
         assert_matches_record(report, record, store=self.store, tolerance=tolerance)
 
 
@@ -75,6 +81,8 @@ def pytest_configure(config: pytest.Config) -> None:
 def gauntlet(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Gauntlet]:
     """A :class:`Gauntlet` evaluating into ``tmp_path``'s store, with checkpoints in ``--gauntlet-home``."""
     home = request.config.getoption("gauntlet_home") or os.environ.get("GAUNTLET_HOME") or tmp_path / "gauntlet"
+    from bench.store.database import Store
+
     store = Store(tmp_path / "gauntlet-results.db")
     yield Gauntlet(store, Path(home))
     store.engine.dispose()

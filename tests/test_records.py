@@ -6,12 +6,14 @@ from __future__ import annotations
 import importlib.metadata as md
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
 from typer.testing import CliRunner
 
 from bench import api
+from bench.api import _same_conditions
 from bench.cli.app import app
 from bench.errors import BenchError
 from bench.report.export import csv_row
@@ -128,3 +130,29 @@ def test_the_repositorys_records_are_traceable() -> None:
         assert prov["threads"] == 1 and prov["fingerprint"] and prov["checkpoint_sha256"], path.name
         seed = "" if prov["seed"] is None else f".seed{prov['seed']}"
         assert path == root / prov["protocol"] / f"{prov['entry']}.{prov['budget']}{seed}.json"
+
+
+def test_a_record_states_only_the_conditions_its_numbers_came_from(recorded: tuple[Path, Path]) -> None:
+    """The stored run was evaluated with one torch thread: recording it as two is refused in one line
+    (the regression suite would re-evaluate with two and find other rows), and the record stays whole."""
+    results, home = recorded
+    [path] = sorted(results.rglob("*.json"))
+    before = path.read_bytes()
+    threads = torch.get_num_threads()
+    try:
+        result = CliRunner().invoke(app, ["record", "frozen-linear", "--protocol", "mnist-linf-tiny-v1", "--budget",
+                                          "tiny", "--out", str(results), "--home", str(home), "--threads", "2"])
+    finally:
+        torch.set_num_threads(threads)
+    assert result.exit_code == 1
+    assert "evaluated with 1 torch thread(s), this record would state 2" in result.output
+    assert len(result.output.strip().splitlines()) == 1 and path.read_bytes() == before
+    run = SimpleNamespace(id=1, device="cpu (x86_64, 1 threads)", packages=json.dumps({"torch": md.version("torch")}))
+    with pytest.raises(BenchError, match="checkpoint was trained with 2 torch thread"):
+        _same_conditions("e", run, {"torch_threads": "2", "torch": torch.__version__}, 1, torch.__version__)
+    with pytest.raises(BenchError, match="trained under torch 0.1"):
+        _same_conditions("e", run, {"torch_threads": "1", "torch": "0.1"}, 1, torch.__version__)
+    _same_conditions("e", run, {"torch_threads": "1", "torch": torch.__version__}, 1, torch.__version__)
+    with pytest.raises(BenchError, match="evaluated under torch 0.2"):
+        _same_conditions("e", SimpleNamespace(id=1, device="cpu (x86_64, 1 threads)", packages='{"torch": "0.2"}'),
+                         {}, 1, torch.__version__)

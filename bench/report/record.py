@@ -267,11 +267,16 @@ def read_record(path: Path) -> dict[str, Any]:
         record = json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise BenchError(f"cannot read record {path}: {exc}".splitlines()[0]) from None
+    return check_record(record, str(path))
+
+
+def check_record(record: Any, source: str) -> dict[str, Any]:
+    """``record`` if it is a Gauntlet record with every section, else a one-line error naming ``source``."""
     if not isinstance(record, dict) or record.get("format") != FORMAT:
-        raise BenchError(f"{path} is not a Gauntlet record ({FORMAT})")
+        raise BenchError(f"{source} is not a Gauntlet record ({FORMAT})")
     for key in ("model_info", "provenance", "survivors", "tables"):
         if not isinstance(record.get(key), dict):
-            raise BenchError(f"record {path} has no {key!r} section")
+            raise BenchError(f"record {source} has no {key!r} section")
     return record
 
 
@@ -294,9 +299,14 @@ class Survivors:
 
     @classmethod
     def of_record(cls, record: dict[str, Any]) -> Survivors:
-        n = int(record["provenance"]["n_samples"])
-        return cls(n, {parse_key(k): frozenset(i for i, f in enumerate(_unmask(v, n)) if f)
-                       for k, v in record["survivors"].items()})
+        try:
+            n = int(record["provenance"]["n_samples"])
+            return cls(n, {parse_key(k): frozenset(i for i, f in enumerate(_unmask(v, n)) if f)
+                           for k, v in record["survivors"].items()})
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            entry = record.get("provenance", {}).get("entry", "?") if isinstance(record, dict) else "?"
+            raise BenchError(f"the record of {entry} is damaged: its survivors cannot be read "
+                             f"({type(exc).__name__}: {exc})".splitlines()[0]) from None
 
     @classmethod
     def of_run(cls, store: Store, run_id: int) -> Survivors:
