@@ -124,7 +124,9 @@ def test_the_repositorys_records_are_traceable() -> None:
     paths = sorted(root.rglob("*.json"))
     assert paths
     for path in paths:
-        prov = read_record(path)["provenance"]
+        record = read_record(path)
+        prov = record["provenance"]
+        assert record["tables"]["run"]["device"].endswith(" 1 threads)"), f"{path.name}: evaluated with other threads"
         assert not prov["code_version"].endswith(".dirty"), f"{path.name}: made from an uncommitted tree"
         assert "+g" in prov["code_version"], f"{path.name}: no commit in {prov['code_version']}"
         assert prov["threads"] == 1 and prov["fingerprint"] and prov["checkpoint_sha256"], path.name
