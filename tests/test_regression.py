@@ -37,11 +37,14 @@ RESULTS = ROOT / "results"
 FAST = RESULTS / "mnist-linf-tiny-v1" / "standard.tiny.seed0.json"
 # Under another torch version or CPU capability: at most this share of a cell's samples may differ.
 # Measured with another float summation order, as a stand-in for another torch version (the only one
-# this machine installs is the one in use): the standard quick-v1 record made with 2 torch threads
-# instead of 1 (so trained to other weights, then attacked) differs in at most 5 of 200 samples per
-# cell (3 of 14 cells differ; worst case at eps 0.1: 75.0 vs 74.5); the tiny record, in none of 40.
-# 5% (10 of 200) doubles that, and stays far below what a weakened attack changes (the test below).
-OTHER_TORCH_TOLERANCE = 0.05
+# this machine installs is the one in use): a record made with 2 torch threads instead of 1 (so trained
+# to other weights, then attacked) against the record of record. The standard quick-v1 record differs
+# in at most 5 of 200 samples per cell (3 of 14 cells differ; worst case at eps 0.1: 75.0 vs 74.5); the
+# adversarially trained madry-pgd-at, the more sensitive, in at most 9 of 200 (12 of 14 cells differ;
+# worst case 96.5 / 86.0 / 49.0 / 11.5 vs 96.5 / 87.5 / 50.5 / 15.0); the tiny record, in none of 40.
+# 7.5% (15 of 200) leaves room above the worst measured, and stays far below what a weakened attack
+# changes (the test below fails under it too).
+OTHER_TORCH_TOLERANCE = 0.075
 
 
 def record_params() -> list[Any]:
