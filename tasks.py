@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Developer tasks: ``python tasks.py install|browser|demo|test|test-slow|lint|perf|perf-demo``.
+"""Developer tasks: ``python tasks.py TASK`` (``TASKS`` below: install, browser, demo, test, lint, records, ...).
 
 Plain Python (no task-runner dependency) so it works on a fresh machine with only Python 3.11.
 """
@@ -112,11 +112,28 @@ def gpu_check() -> None:
     sh(str(BIN / "python"), "-m", "bench.benchmarks.gpu_check", *sys.argv[2:])
 
 
+def records() -> None:
+    """Make the missing results of record (``bench.report.record.missing_records``) one after another,
+    into results/, with one torch thread; ``--list`` only lists them. The workspace ``.records-home``
+    keeps the checkpoints and every stored stage, so a run stopped mid-way resumes where it stopped."""
+    listing = subprocess.run([str(BIN / "python"), "-c", "from bench.report.record import missing_records; "
+                              "print('\\n'.join(f'{p} {e}' for p, e in missing_records('results')))"],
+                             cwd=ROOT, check=True, capture_output=True, text=True).stdout.split()
+    todo = sorted(zip(listing[::2], listing[1::2], strict=True), key=lambda t: t[1] == "pnml")  # hours: last
+    print(f"{len(todo)} record(s) missing: " + ", ".join(f"{e} ({p})" for p, e in todo), flush=True)
+    if "--list" in sys.argv[2:]:
+        return
+    for protocol, entry in todo:
+        sh(str(BIN / "bench"), "record", entry, "--protocol", protocol, "--budget", "quick", "--seed", "0",
+           "--out", "results", "--home", str(ROOT / ".records-home"))
+
+
 TASKS = {"install": install, "browser": browser, "demo": demo, "test": test, "test-slow": test_slow, "lint": lint,
-         "perf": perf, "perf-demo": perf_demo, "perf-scale": perf_scale, "gpu-check": gpu_check}
+         "perf": perf, "perf-demo": perf_demo, "perf-scale": perf_scale, "gpu-check": gpu_check, "records": records}
 
 if __name__ == "__main__":
-    if len(sys.argv) < 2 or sys.argv[1] not in TASKS or (len(sys.argv) > 2 and sys.argv[1] != "gpu-check"):
+    extra_ok = {"gpu-check": True, "records": sys.argv[2:] == ["--list"]}
+    if len(sys.argv) < 2 or sys.argv[1] not in TASKS or (len(sys.argv) > 2 and not extra_ok.get(sys.argv[1])):
         print(f"usage: python tasks.py {{{'|'.join(TASKS)}}}", file=sys.stderr)
         sys.exit(2)
     os.chdir(ROOT)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.metadata as md
 import json
+import re
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -17,7 +18,17 @@ from bench.api import _same_conditions
 from bench.cli.app import app
 from bench.errors import BenchError
 from bench.report.export import csv_row
-from bench.report.record import FORMAT, Survivors, build_record, dumps, import_record, read_record, record_path
+from bench.report.record import (
+    FORMAT,
+    RECORD_PROTOCOLS,
+    Survivors,
+    build_record,
+    dumps,
+    import_record,
+    missing_records,
+    read_record,
+    record_path,
+)
 from bench.store.database import Store
 from tests.sites import PRETRAINED, site_body
 
@@ -158,3 +169,15 @@ def test_a_record_states_only_the_conditions_its_numbers_came_from(recorded: tup
     with pytest.raises(BenchError, match="evaluated under torch 0.2"):
         _same_conditions("e", SimpleNamespace(id=1, device="cpu (x86_64, 1 threads)", packages='{"torch": "0.2"}'),
                          {}, 1, torch.__version__)
+
+
+def test_every_missing_record_is_listed_with_its_protocol() -> None:
+    """results/README.md names each built-in entry whose record is not under results/ (missing_records)
+    in its protocol's line of the Missing section, where it says why."""
+    root = Path(__file__).resolve().parents[1] / "results"
+    text = (root / "README.md").read_text()
+    missing_section = text[text.index("\nMissing"):]
+    lines = {p: m.group(1) for p in RECORD_PROTOCOLS
+             if (m := re.search(rf"^- `{p}`:(.*?)(?=^- |\Z)", missing_section, re.S | re.M))}
+    for protocol, entry in missing_records(root):
+        assert re.search(rf"(?<![\w-]){re.escape(entry)}(?![\w-])", lines.get(protocol, "")), (protocol, entry)
