@@ -6,6 +6,7 @@ Plain Python (no task-runner dependency) so it works on a fresh machine with onl
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -116,10 +117,10 @@ def records() -> None:
     """Make the missing results of record (``bench.report.record.missing_records``) one after another,
     into results/, with one torch thread; ``--list`` only lists them. The workspace ``.records-home``
     keeps the checkpoints and every stored stage, so a run stopped mid-way resumes where it stopped."""
-    listing = subprocess.run([str(BIN / "python"), "-c", "from bench.report.record import missing_records; "
-                              "print('\\n'.join(f'{p} {e}' for p, e in missing_records('results')))"],
-                             cwd=ROOT, check=True, capture_output=True, text=True).stdout.split()
-    todo = sorted(zip(listing[::2], listing[1::2], strict=True), key=lambda t: t[1] == "pnml")  # hours: last
+    listing = subprocess.run([str(BIN / "python"), "-c", "import json; from bench.report.record import "
+                              "missing_records; print(json.dumps(missing_records('results')))"],
+                             cwd=ROOT, check=True, capture_output=True, text=True).stdout
+    todo = sorted(json.loads(listing), key=lambda t: t[1] == "pnml")  # pnml takes hours: last
     print(f"{len(todo)} record(s) missing: " + ", ".join(f"{e} ({p})" for p, e in todo), flush=True)
     if "--list" in sys.argv[2:]:
         return

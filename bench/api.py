@@ -377,6 +377,9 @@ def record(entry_id: str, protocol: str | Protocol = "mnist-linf-quick-v1", *, b
     ws = Workspace.resolve(home)
     if jobs.needs_training(ws, entry_id):
         train(entry_id, proto.dataset, budget, seed, home=home, data_dir=data_dir)
+    model, _, meta = resolve_model(jobs.lookup(ws, entry_id), proto.dataset, budget, seed, ws.checkpoints, None,
+                                   lambda i: jobs.lookup(ws, i))
+    _same_training(entry_id, meta, torch.get_num_threads(), torch.__version__)  # before hours of evaluation
     st = open_store(store, home=home)
     rep = evaluate(entry_id, proto, store=st, home=home, budget=budget, seed=seed, data_dir=data_dir,
                    on_train=on_train, progress=progress)
@@ -385,18 +388,16 @@ def record(entry_id: str, protocol: str | Protocol = "mnist-linf-quick-v1", *, b
     summary = summarize(st, st.run(rep.run_id))
     info = model_info(summary, entries(home=home).get(entry_id))
     info.get("gauntlet", {}).pop("run_id", None)  # the local database's id: not part of the result
-    model, _, meta = resolve_model(jobs.lookup(ws, entry_id), proto.dataset, budget, seed, ws.checkpoints, None,
-                                   lambda i: jobs.lookup(ws, i))
     run = st.run(rep.run_id)
-    _same_conditions(entry_id, run, meta, torch.get_num_threads(), torch.__version__)  # as checkpoints state it
+    _same_evaluation(entry_id, run, torch.get_num_threads())
     built = build_record(st, rep.run_id, info, torch.get_num_threads(), state_sha256(model.state_dict()))
     return write_record(built, Path(out), run)
 
 
-def _same_conditions(entry_id: str, run: Any, meta: dict[str, str], threads: int, torch_version: str) -> None:
+def _same_training(entry_id: str, meta: dict[str, str], threads: int, torch_version: str) -> None:
     """A record states the torch version and thread count its numbers came from (the regression suite
-    retrains and re-evaluates under them): a reused checkpoint or stored run made under others is a
-    one-line error, not a record that cannot be reproduced."""
+    retrains under them): a reused checkpoint trained under others is a one-line error, not a record
+    that cannot be reproduced (``torch_version`` as checkpoints state it: ``torch.__version__``)."""
     trained = meta.get("torch_threads")
     if trained is not None and trained != str(threads):
         raise BenchError(f"{entry_id}'s checkpoint was trained with {trained} torch thread(s), this record would "
@@ -404,6 +405,10 @@ def _same_conditions(entry_id: str, run: Any, meta: dict[str, str], threads: int
     if meta.get("torch") not in (None, torch_version):
         raise BenchError(f"{entry_id}'s checkpoint was trained under torch {meta['torch']}, this is {torch_version}: "
                          "retrain in a fresh workspace (--home)")
+
+
+def _same_evaluation(entry_id: str, run: Any, threads: int) -> None:
+    """As :func:`_same_training`, for a stored run the record reuses (its device and packages columns)."""
     used = re.search(r"(\d+) threads", run.device or "")
     if (run.device or "").startswith("cpu") and used and int(used.group(1)) != threads:
         raise BenchError(f"run {run.id} of {entry_id} was evaluated with {used.group(1)} torch thread(s), this "

@@ -14,7 +14,7 @@ import torch
 from typer.testing import CliRunner
 
 from bench import api
-from bench.api import _same_conditions
+from bench.api import _same_evaluation, _same_training
 from bench.cli.app import app
 from bench.errors import BenchError
 from bench.report.export import csv_row
@@ -27,6 +27,7 @@ from bench.report.record import (
     import_record,
     missing_records,
     read_record,
+    record_file,
     record_path,
 )
 from bench.store.database import Store
@@ -141,8 +142,7 @@ def test_the_repositorys_records_are_traceable() -> None:
         assert not prov["code_version"].endswith(".dirty"), f"{path.name}: made from an uncommitted tree"
         assert "+g" in prov["code_version"], f"{path.name}: no commit in {prov['code_version']}"
         assert prov["threads"] == 1 and prov["fingerprint"] and prov["checkpoint_sha256"], path.name
-        seed = "" if prov["seed"] is None else f".seed{prov['seed']}"
-        assert path == root / prov["protocol"] / f"{prov['entry']}.{prov['budget']}{seed}.json"
+        assert path == record_file(root, prov["protocol"], prov["entry"], prov["budget"], prov["seed"])
 
 
 def test_a_record_states_only_the_conditions_its_numbers_came_from(recorded: tuple[Path, Path]) -> None:
@@ -160,15 +160,15 @@ def test_a_record_states_only_the_conditions_its_numbers_came_from(recorded: tup
     assert result.exit_code == 1
     assert "evaluated with 1 torch thread(s), this record would state 2" in result.output
     assert len(result.output.strip().splitlines()) == 1 and path.read_bytes() == before
-    run = SimpleNamespace(id=1, device="cpu (x86_64, 1 threads)", packages=json.dumps({"torch": md.version("torch")}))
     with pytest.raises(BenchError, match="checkpoint was trained with 2 torch thread"):
-        _same_conditions("e", run, {"torch_threads": "2", "torch": torch.__version__}, 1, torch.__version__)
+        _same_training("e", {"torch_threads": "2", "torch": torch.__version__}, 1, torch.__version__)
     with pytest.raises(BenchError, match="trained under torch 0.1"):
-        _same_conditions("e", run, {"torch_threads": "1", "torch": "0.1"}, 1, torch.__version__)
-    _same_conditions("e", run, {"torch_threads": "1", "torch": torch.__version__}, 1, torch.__version__)
+        _same_training("e", {"torch_threads": "1", "torch": "0.1"}, 1, torch.__version__)
+    _same_training("e", {"torch_threads": "1", "torch": torch.__version__}, 1, torch.__version__)
     with pytest.raises(BenchError, match="evaluated under torch 0.2"):
-        _same_conditions("e", SimpleNamespace(id=1, device="cpu (x86_64, 1 threads)", packages='{"torch": "0.2"}'),
-                         {}, 1, torch.__version__)
+        _same_evaluation("e", SimpleNamespace(id=1, device="cpu (x86_64, 1 threads)", packages='{"torch": "0.2"}'), 1)
+    _same_evaluation("e", SimpleNamespace(id=1, device="cpu (x86_64, 1 threads)",
+                                          packages=json.dumps({"torch": md.version("torch")})), 1)
 
 
 def test_every_missing_record_is_listed_with_its_protocol() -> None:

@@ -48,8 +48,12 @@ FLOAT_COLUMNS = ("linf", "l2", "l0", "score")
 
 def record_path(root: Path, run: Run) -> Path:
     """Where the record of ``run`` lives under ``root`` (one file per entry, protocol, budget and seed)."""
-    seed = "" if run.train_seed is None else f".seed{run.train_seed}"  # a pretrained model has no training seed
-    return Path(root) / run.protocol / f"{run.entry_id}.{run.budget}{seed}.json"
+    return record_file(root, run.protocol, run.entry_id, run.budget, run.train_seed)
+
+
+def record_file(root: Path, protocol: str, entry_id: str, budget: str, seed: int | None) -> Path:
+    """``<root>/<protocol>/<entry>.<budget>.seed<seed>.json`` (no seed: a pretrained model has none)."""
+    return Path(root) / protocol / f"{entry_id}.{budget}{'' if seed is None else f'.seed{seed}'}.json"
 
 
 def cell_key(attack: str, eps: float) -> str:
@@ -290,7 +294,7 @@ def missing_records(root: Path) -> list[tuple[str, str]]:
     from registry import ALL_BUILTIN
 
     return [(protocol, e.id) for protocol in RECORD_PROTOCOLS for e in ALL_BUILTIN
-            if "mnist" in e.architectures and not (Path(root) / protocol / f"{e.id}.quick.seed0.json").is_file()]
+            if "mnist" in e.architectures and not record_file(root, protocol, e.id, "quick", 0).is_file()]
 
 
 def record_files(root: Path) -> list[Path]:
