@@ -350,7 +350,10 @@ def leaderboard(*, store: Store | str | None = None, home: str | os.PathLike[str
     source = None
     if from_records is not None:
         st = Store(IN_MEMORY)
-        for path in record_files(Path(from_records)):
+        paths = record_files(Path(from_records))
+        if not paths:  # a mistyped folder would otherwise publish an empty board
+            raise BenchError(f"no records (*.json) under {from_records}")
+        for path in paths:
             import_record(st, read_record(path), source=str(path))
         source = f"the records in {Path(from_records).name or from_records}/"
     else:
@@ -377,10 +380,13 @@ def record(entry_id: str, protocol: str | Protocol = "mnist-linf-quick-v1", *, b
     ws = Workspace.resolve(home)
     if jobs.needs_training(ws, entry_id):
         train(entry_id, proto.dataset, budget, seed, home=home, data_dir=data_dir)
-    model, _, meta = resolve_model(jobs.lookup(ws, entry_id), proto.dataset, budget, seed, ws.checkpoints, None,
-                                   lambda i: jobs.lookup(ws, i))
+    model, sha, meta = resolve_model(jobs.lookup(ws, entry_id), proto.dataset, budget, seed, ws.checkpoints, None,
+                                     lambda i: jobs.lookup(ws, i))
     _same_training(entry_id, meta, torch.get_num_threads(), torch.__version__)  # before hours of evaluation
     st = open_store(store, home=home)
+    stored = st.find_run(entry_id, proto.fingerprint, sha)  # one a resume would add to: checked first too
+    if stored is not None:
+        _same_evaluation(entry_id, stored, torch.get_num_threads())
     rep = evaluate(entry_id, proto, store=st, home=home, budget=budget, seed=seed, data_dir=data_dir,
                    on_train=on_train, progress=progress)
     if not rep.summary.complete:

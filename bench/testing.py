@@ -53,7 +53,7 @@ def _eps_of(report: RunReport, eps: float) -> float:
     match = [e for e in report.worst_case if math.isclose(e, eps, rel_tol=0, abs_tol=1e-9)]
     if not match:
         known = ", ".join(f"{e:g}" for e in sorted(report.worst_case))
-        raise AssertionError(f"{report.protocol} does not evaluate eps {eps:g}; its eps: {known}")
+        raise BenchError(f"{report.protocol} does not evaluate eps {eps:g}; its eps: {known}")
     return match[0]
 
 
@@ -101,6 +101,9 @@ def assert_robust(report: RunReport, eps: float, at_least: float, confidence: fl
     strongest = strongest_attack(report, eps)
     culprit = (f"{strongest[0]} broke the most samples within eps {eps:g} ({strongest[1]})" if strongest
                else "no attack broke a sample: the clean errors account for it")
+    exposed = round((report.worst_case[eps] - value) * n / 100.0)  # the ranked number of a flagged run
+    if exposed > 0:
+        culprit += f"; the sanity checks' own attacks broke {exposed} more (the ranked number)"
     unreliable = [f.name for f in report.flags if f.severity == "unreliable"]
     flagged = f"; flagged unreliable: {', '.join(unreliable)}" if unreliable else ""
     raise AssertionError(
@@ -145,8 +148,8 @@ def assert_matches_record(report: RunReport, record: str | Path | dict[str, Any]
     rec = check_record(record, "the record given") if isinstance(record, dict) else read_record(Path(record))
     problems = compare_survivors(Survivors.of_run(store, report.run_id), Survivors.of_record(rec), tolerance)
     recorded = rec["provenance"].get("fingerprint")
-    if not problems and report.fingerprint != recorded:
-        problems.append(f"same survivors, but protocol fingerprint {report.fingerprint} != {recorded}")
+    if report.fingerprint != recorded:  # first: another protocol explains every other difference
+        problems.insert(0, f"protocol fingerprint {report.fingerprint} != the record's {recorded}")
     if problems:
         head = (f"{report.entry_id} under {report.protocol} differs from its record (tolerance {tolerance} "
                 f"sample(s) per cell) in {len(problems)} place(s)")

@@ -8,6 +8,7 @@ claims come from the registry entry when it is still registered.
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -145,13 +146,19 @@ def adaptive_accuracy(s: CheckedSummary) -> float | None:
     return s.cells[(labels[-1], s.primary_eps)].accuracy if labels else None
 
 
+def protocol_family(name: str) -> str:
+    """A protocol's name without its version (``mnist-linf-quick-v2`` -> ``mnist-linf-quick``)."""
+    return re.sub(r"-v\d+$", "", name)
+
+
 def compare_protocols(summaries: list[CheckedSummary]) -> list[dict]:
-    """Per dataset with runs under several protocols (v1 and v2): each entry's worst case at the primary
-    eps under each, side by side (the latest run per entry and protocol)."""
+    """Per dataset and protocol family with runs under several versions (v1 and v2): each entry's worst
+    case at the primary eps under each, side by side (the latest run per entry and protocol). Another
+    family (the 40-sample ``tiny`` one, say) is not a version of the same evaluation: not compared."""
     out = []
-    datasets = sorted({s.protocol["dataset"] for s in summaries})
-    for ds in datasets:
-        runs = [s for s in summaries if s.protocol["dataset"] == ds]
+    groups = sorted({(s.protocol["dataset"], protocol_family(s.run.protocol)) for s in summaries})
+    for ds, family in groups:
+        runs = [s for s in summaries if s.protocol["dataset"] == ds and protocol_family(s.run.protocol) == family]
         names = sorted({s.run.protocol for s in runs})
         if len(names) < 2:
             continue
@@ -161,7 +168,7 @@ def compare_protocols(summaries: list[CheckedSummary]) -> list[dict]:
         rows = [{"entry": e, "by": {n: (by[n].worst.get(by[n].primary_eps) if n in by else None) for n in names},
                  "unreliable": {n: by[n].unreliable for n in by}, "escalated": {n: by[n].escalated for n in by},
                  "slugs": {n: run_slug(by[n]) for n in by}} for e, by in sorted(cells.items())]
-        out.append({"dataset": ds, "names": names, "rows": rows})
+        out.append({"dataset": ds, "family": family, "names": names, "rows": rows})
     return out
 
 

@@ -82,7 +82,8 @@ def test_an_unreliable_run_is_judged_by_its_ranked_number_and_the_message_names_
     assert robust_accuracy(lowered, 0.3) == report.worst_case[0.3] - 20.0
     assert robust_accuracy(lowered, 0.2) == report.worst_case[0.2]  # ranked only at the primary eps
     assert_robust(report, eps=0.3, at_least=report.worst_case[0.3])
-    with pytest.raises(AssertionError, match=r"flagged unreliable: black-box-wins"):
+    with pytest.raises(AssertionError, match=r"the sanity checks' own attacks broke 40 more .*"
+                                             r"flagged unreliable: black-box-wins"):  # 20% of 200 samples
         assert_robust(lowered, eps=0.3, at_least=report.worst_case[0.3])
 
 
@@ -102,7 +103,7 @@ def test_bad_arguments_are_one_line_errors() -> None:
         assert_robust(report, eps=0.1, at_least=0.45)
     with pytest.raises(BenchError, match="confidence"):
         assert_robust(report, eps=0.1, at_least=99.0, confidence=1.5)
-    with pytest.raises(AssertionError, match="does not evaluate eps 0.25"):
+    with pytest.raises(BenchError, match="does not evaluate eps 0.25"):
         assert_robust(report, eps=0.25, at_least=10.0)
     record = read_record(STANDARD)
     assert_matches_record(report, record, store=store)  # the run is the record's own
@@ -113,3 +114,17 @@ def test_bad_arguments_are_one_line_errors() -> None:
     damaged = {**record, "survivors": {**record["survivors"], "pgd-ce@0.1": "not hex"}}
     with pytest.raises(BenchError, match="record of standard is damaged"):
         assert_matches_record(report, damaged, store=store)
+
+
+def test_a_record_of_another_protocol_is_named_first() -> None:
+    """A record made under another protocol fingerprint fails the comparison, and that cause comes first,
+    before the cell differences it explains."""
+    report, store = restored(STANDARD)
+    record = read_record(STANDARD)
+    other = {**record, "provenance": {**record["provenance"], "fingerprint": "0" * 16}}
+    with pytest.raises(AssertionError, match=r"in 1 place\(s\):\n  protocol fingerprint .* != the record's 0{16}"):
+        assert_matches_record(report, other, store=store)
+    key = next(k for k, mask in record["survivors"].items() if not k.startswith("clean") and int(mask, 16))
+    emptied = {**other, "survivors": {**record["survivors"], key: "0"}}
+    with pytest.raises(AssertionError, match=r"in 2 place\(s\):\n  protocol fingerprint .*\n  " + re.escape(key)):
+        assert_matches_record(report, emptied, store=store)

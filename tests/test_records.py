@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import importlib.metadata as md
 import json
+import math
 import re
+from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -22,6 +24,8 @@ from bench.report.record import (
     FORMAT,
     RECORD_PROTOCOLS,
     Survivors,
+    _floats,
+    _unfloats,
     build_record,
     dumps,
     import_record,
@@ -111,11 +115,38 @@ def _duplicate_cell(text: str) -> str:
     return json.dumps(record)
 
 
+def _edit(section: str, key: str, value: object) -> Callable[[str], str]:
+    """A damage: one value of a record's section replaced (valid JSON, a record of the right format)."""
+
+    def damage(text: str) -> str:
+        record = json.loads(text)
+        part = record
+        for name in section.split("."):
+            part = part[name]
+        part[key] = value
+        return json.dumps(record)
+
+    return damage
+
+
+def _survivor_added(text: str) -> str:
+    """One more survivor in a cell than its per-sample rows say: the board and the regression suite would
+    read two different numbers from one record."""
+    record = json.loads(text)
+    key = next(k for k in record["survivors"] if not k.startswith("clean"))
+    record["survivors"][key] = format(int(record["survivors"][key], 16) ^ 1, "x")
+    return json.dumps(record)
+
+
 @pytest.mark.parametrize("damage, message", [
     (lambda text: text[: len(text) // 2], "cannot read record"),
     (lambda text: json.dumps({"format": "other"}), "is not a Gauntlet record"),
     (lambda text: text.replace('"labels"', '"labelz"'), "is damaged"),
     (_duplicate_cell, "is damaged"),
+    (_edit("tables.run", "protocol_json", "{}"), "is damaged: ValueError: its protocol has no"),
+    (_edit("tables.run", "packages", "not json"), "is damaged: JSONDecodeError"),
+    (_edit("provenance", "fingerprint", "0" * 16), "two protocol fingerprints"),
+    (_survivor_added, "its survivors differ from its per-sample rows"),
 ])
 def test_a_damaged_record_is_a_one_line_error(recorded: tuple[Path, Path], tmp_path: Path, damage, message) -> None:
     results, home = recorded
@@ -127,6 +158,14 @@ def test_a_damaged_record_is_a_one_line_error(recorded: tuple[Path, Path], tmp_p
                                       "--home", str(home)])
     assert result.exit_code == 1 and message in result.output and "Traceback" not in result.output
     assert len(result.output.strip().splitlines()) == 1
+
+
+def test_an_empty_records_folder_is_an_error_not_an_empty_board(tmp_path: Path) -> None:
+    (tmp_path / "results").mkdir()
+    result = CliRunner().invoke(app, ["leaderboard", "--from", str(tmp_path / "results"), "--out",
+                                      str(tmp_path / "site"), "--home", str(tmp_path / "ws")])
+    assert result.exit_code == 1 and "no records (*.json) under" in result.output
+    assert not (tmp_path / "site").exists()
 
 
 def test_the_repositorys_records_are_traceable() -> None:
@@ -145,12 +184,19 @@ def test_the_repositorys_records_are_traceable() -> None:
         assert path == record_file(root, prov["protocol"], prov["entry"], prov["budget"], prov["seed"])
 
 
-def test_a_record_states_only_the_conditions_its_numbers_came_from(recorded: tuple[Path, Path]) -> None:
+def test_a_record_states_only_the_conditions_its_numbers_came_from(recorded: tuple[Path, Path],
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     """The stored run was evaluated with one torch thread: recording it as two is refused in one line
-    (the regression suite would re-evaluate with two and find other rows), and the record stays whole."""
+    (the regression suite would re-evaluate with two and find other rows), before any evaluation resumes
+    it (an hour of stages under another thread count, mixed into its run), and the record stays whole."""
     results, home = recorded
     [path] = sorted(results.rglob("*.json"))
     before = path.read_bytes()
+
+    def no_evaluation(*args: object, **kwargs: object) -> None:
+        raise AssertionError("evaluated before the stored run's thread count was checked")
+
+    monkeypatch.setattr(api, "evaluate", no_evaluation)
     threads = torch.get_num_threads()
     try:
         result = CliRunner().invoke(app, ["record", "frozen-linear", "--protocol", "mnist-linf-tiny-v1", "--budget",
@@ -181,3 +227,12 @@ def test_every_missing_record_is_listed_with_its_protocol() -> None:
              if (m := re.search(rf"^- `{p}`:(.*?)(?=^- |\Z)", missing_section, re.S | re.M))}
     for protocol, entry in missing_records(root):
         assert re.search(rf"(?<![\w-]){re.escape(entry)}(?![\w-])", lines.get(protocol, "")), (protocol, entry)
+
+
+def test_infinite_and_nan_floats_survive_a_record() -> None:
+    """Strict JSON has no infinity or NaN (a detector's score can be either): they are written by name and
+    read back as the same floats, so that a run hours long is not lost at its record's write."""
+    values = [0.25, 1e300, float("inf"), float("-inf"), float("nan"), None]
+    column = json.loads(dumps({"score": _floats(values)}))["score"]
+    back = _unfloats(column, len(values))
+    assert back[:4] == values[:4] and math.isnan(back[4]) and back[5] is None  # type: ignore[arg-type]

@@ -22,6 +22,7 @@ Everything is plain JSON with sorted keys: a refreshed record diffs line by line
 from __future__ import annotations
 
 import json
+import math
 import struct
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -103,7 +104,13 @@ def _floats(values: list[float | None]) -> dict[str, Any] | None:
     short = [None if v is None else _f32(float(v)) for v in values]
     if all(s is not None or v is None for s, v in zip(short, values, strict=True)):
         return {"f32": short}
-    return {"f64": values}
+    return {"f64": [_json_float(v) for v in values]}
+
+
+def _json_float(value: float | None) -> float | str | None:
+    """``value``, or for an infinite or NaN one its name ("inf", "-inf", "nan"): strict JSON has no such
+    numbers, and ``float()`` reads the names back (a detector's score can be infinite)."""
+    return value if value is None or math.isfinite(value) else str(float(value))
 
 
 def _unfloats(column: dict[str, Any] | None, n: int) -> list[float | None]:
@@ -224,7 +231,8 @@ def build_record(store: Store, run_id: int, model_info: dict[str, Any], threads:
             "results": {k: _encode_cell(rs) for k, rs in sorted(cells.items())},
             "stages": {"columns": list(STAGE_COLUMNS),
                        "rows": [[getattr(s, c) for c in STAGE_COLUMNS] for s in store.stages(run_id)]},
-            "checks": [{c: getattr(ch, c) for c in CHECK_COLUMNS} for ch in checks],
+            "checks": [{c: _json_float(ch.value) if c == "value" else getattr(ch, c) for c in CHECK_COLUMNS}
+                       for ch in checks],
         },
     }
 
@@ -260,7 +268,7 @@ def write_record(record: dict[str, Any], root: Path, run: Run) -> Path:
         partial = path.with_name(path.name + ".partial")
         partial.write_text(dumps(record), encoding="utf-8")
         partial.replace(path)
-    except OSError as exc:
+    except (OSError, ValueError) as exc:  # ValueError: a non-finite number strict JSON cannot hold
         raise BenchError(f"cannot write record {path}: {exc}".splitlines()[0]) from None
     return path
 
@@ -335,6 +343,26 @@ class Survivors:
         return cls(store.run(run_id).n_samples, {k: frozenset(v) for k, v in cells.items()})
 
 
+def _consistent(record: dict[str, Any], run: Run, results: list[dict[str, Any]]) -> None:
+    """Raise ValueError unless a record's parts agree: the site is built from its tables and the regression
+    suite compares its survivors, so a record whose two copies differ could show one number and pass with
+    another. Its protocol and packages must also parse, as the site reads them."""
+    protocol = json.loads(run.protocol_json)
+    if not isinstance(protocol, dict) or not {"dataset", "epsilons", "attacks"} <= protocol.keys():
+        raise ValueError("its protocol has no dataset, epsilons or attacks")
+    if not isinstance(json.loads(run.packages), dict):
+        raise ValueError("its packages are not a JSON object")
+    if record["provenance"]["fingerprint"] != run.fingerprint:
+        raise ValueError("its provenance and its run name two protocol fingerprints")
+    cells: dict[tuple[str, float], set[int]] = {}
+    for r in results:
+        got = cells.setdefault((r["attack"], float(r["eps"])), set())
+        if r["robust_after"]:
+            got.add(r["sample"])
+    if Survivors.of_record(record) != Survivors(run.n_samples, {k: frozenset(v) for k, v in cells.items()}):
+        raise ValueError("its survivors differ from its per-sample rows")
+
+
 def import_record(store: Store, record: dict[str, Any], source: str = "record") -> int:
     """Restore a record's rows into ``store`` as a new run; returns its id (a one-line error when the
     record is damaged or the store already holds that run)."""
@@ -364,6 +392,9 @@ def import_record(store: Store, record: dict[str, Any], source: str = "record") 
         stages = [Stage(fingerprint=run.fingerprint, **dict(zip(columns, row, strict=True)))
                   for row in tables["stages"]["rows"]]
         checks = [Check(**{c: ch[c] for c in CHECK_COLUMNS}) for ch in tables["checks"]]
+        for check in checks:
+            check.value = None if check.value is None else float(check.value)
+        _consistent(record, run, results)
     except BenchError:
         raise
     except (KeyError, TypeError, ValueError, IndexError) as exc:
