@@ -334,13 +334,19 @@ class Survivors:
                              f"({type(exc).__name__}: {exc})".splitlines()[0]) from None
 
     @classmethod
-    def of_run(cls, store: Store, run_id: int) -> Survivors:
+    def of_rows(cls, n_samples: int, rows: Iterable[tuple[str, float, int, bool]]) -> Survivors:
+        """From per-sample rows as (attack, eps, sample, robust_after)."""
         cells: dict[tuple[str, float], set[int]] = {}
-        for r in store.results(run_id):
-            got = cells.setdefault((r.attack, float(r.eps)), set())
-            if r.robust_after:
-                got.add(r.sample)
-        return cls(store.run(run_id).n_samples, {k: frozenset(v) for k, v in cells.items()})
+        for attack, eps, sample, robust_after in rows:
+            got = cells.setdefault((attack, float(eps)), set())
+            if robust_after:
+                got.add(sample)
+        return cls(n_samples, {k: frozenset(v) for k, v in cells.items()})
+
+    @classmethod
+    def of_run(cls, store: Store, run_id: int) -> Survivors:
+        return cls.of_rows(store.run(run_id).n_samples,
+                           ((r.attack, r.eps, r.sample, r.robust_after) for r in store.results(run_id)))
 
 
 def _consistent(record: dict[str, Any], run: Run, results: list[dict[str, Any]]) -> None:
@@ -354,12 +360,8 @@ def _consistent(record: dict[str, Any], run: Run, results: list[dict[str, Any]])
         raise ValueError("its packages are not a JSON object")
     if record["provenance"]["fingerprint"] != run.fingerprint:
         raise ValueError("its provenance and its run name two protocol fingerprints")
-    cells: dict[tuple[str, float], set[int]] = {}
-    for r in results:
-        got = cells.setdefault((r["attack"], float(r["eps"])), set())
-        if r["robust_after"]:
-            got.add(r["sample"])
-    if Survivors.of_record(record) != Survivors(run.n_samples, {k: frozenset(v) for k, v in cells.items()}):
+    rows = ((r["attack"], r["eps"], r["sample"], r["robust_after"]) for r in results)
+    if Survivors.of_record(record) != Survivors.of_rows(run.n_samples, rows):
         raise ValueError("its survivors differ from its per-sample rows")
 
 
