@@ -69,7 +69,7 @@ def test() -> None:
 
 def test_slow() -> None:
     """The slow tests but the full regression set (hours: ``pytest -m regression``), as .ci/run."""
-    sh(str(BIN / "python"), "-m", "pytest", "-q", "-m", "slow and not regression")
+    sh(str(BIN / "python"), "-m", "pytest", "-q", "-n", "0", "-m", "slow and not regression")
 
 
 def lint() -> None:

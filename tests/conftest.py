@@ -13,9 +13,19 @@ from torch import nn
 from attacks.base import AttackOutput
 from bench.protocol.protocols import AttackSpec, Protocol
 
-# Two threads unless GAUNTLET_TEST_THREADS says otherwise (use 1 on a machine busy with other work:
-# OpenMP threads spin-wait, and two of them beside another process run several times slower).
-torch.set_num_threads(int(os.environ.get("GAUNTLET_TEST_THREADS", min(2, os.cpu_count() or 1))))
+
+def _default_threads() -> int:
+    """Torch threads per test process: the cores shared among pytest-xdist's workers, at most 2.
+
+    GAUNTLET_TEST_THREADS overrides it (use 1 on a machine busy with other work: OpenMP threads
+    spin-wait, and two of them beside another process run several times slower)."""
+    if "GAUNTLET_TEST_THREADS" in os.environ:
+        return int(os.environ["GAUNTLET_TEST_THREADS"])
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    return max(1, min(2, (os.cpu_count() or 1) // workers))
+
+
+torch.set_num_threads(_default_threads())
 
 
 class Linear(nn.Module):
