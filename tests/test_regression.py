@@ -8,9 +8,10 @@ use) match, the comparison is exact: the same weights sha256 and the same surviv
 other weights; each cell may then differ by at most ``OTHER_TORCH_TOLERANCE`` of its samples (see
 its comment for the measurement).
 
-The fast subset (the tiny record of standard training, about 12 s, and the weakened protocol below, about
-30 s) runs in the default suite; every other record is marked slow. ``test_a_weakened_protocol_fails_the_comparison`` shows the suite can
-fail: the same checkpoint under the protocol with one-step PGD keeps samples the record broke.
+The fast subset (the tiny record of standard training, about 12 s, and the weakened protocol below,
+about 30 s) runs in the default suite; every other record is marked slow.
+``test_a_weakened_protocol_fails_the_comparison`` shows the suite can fail: the same checkpoint under
+the protocol with one-step PGD keeps samples the record broke.
 """
 
 from __future__ import annotations
