@@ -32,6 +32,7 @@ from bench.report.record import read_record
 from bench.report.run_report import RunReport
 from bench.store.database import Store
 from bench.testing import assert_matches_record
+from registry import get_entry
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "results"
@@ -52,9 +53,21 @@ OTHER_TORCH_TOLERANCE = 0.075
 
 
 def record_params() -> list[Any]:
+    """One test per record; the fast one in the default suite, the others slow.
+
+    Each is grouped by the checkpoint it trains (a test-time entry: the model it wraps), so that
+    `pytest -m regression --dist loadgroup` spreads the full set over pytest-xdist's workers while
+    the records of one checkpoint (v1 and v2) share the worker that trained it."""
     paths = sorted(RESULTS.rglob("*.json")) if RESULTS.is_dir() else []
-    return [pytest.param(p, id=str(p.relative_to(RESULTS)), marks=() if p == FAST else pytest.mark.slow)
+    return [pytest.param(p, id=str(p.relative_to(RESULTS)),
+                         marks=[pytest.mark.xdist_group(_checkpoint_of(p))] + ([] if p == FAST else [pytest.mark.slow]))
             for p in paths]
+
+
+def _checkpoint_of(path: Path) -> str:
+    """The entry whose weights a record's run trains (its file name starts with the entry id)."""
+    entry = get_entry(path.name.split(".")[0])
+    return entry.wraps or entry.id
 
 
 def reproduce(record: dict[str, Any], home: Path, store: Store, out: Path, protocol: Protocol | None = None
