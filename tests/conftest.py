@@ -22,7 +22,8 @@ def _default_threads() -> int:
     if "GAUNTLET_TEST_THREADS" in os.environ:
         return int(os.environ["GAUNTLET_TEST_THREADS"])
     workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
-    return max(1, min(2, (os.cpu_count() or 1) // workers))
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, min(2, cores // workers))
 
 
 torch.set_num_threads(_default_threads())
