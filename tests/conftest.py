@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from attacks.base import AttackOutput
+from bench.orchestration.pool import usable_cpus
 from bench.protocol.protocols import AttackSpec, Protocol
 
 
@@ -22,8 +23,7 @@ def _default_threads() -> int:
     if "GAUNTLET_TEST_THREADS" in os.environ:
         return int(os.environ["GAUNTLET_TEST_THREADS"])
     workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return max(1, min(2, cores // workers))
+    return max(1, min(2, usable_cpus() // workers))
 
 
 torch.set_num_threads(_default_threads())
